@@ -1,0 +1,1 @@
+//! Deterministic synthetic workload generator (`braid gen`).

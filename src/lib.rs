@@ -1,0 +1,33 @@
+//! # braid — a multi-topic correlation stream processor
+//!
+//! braid reads several topics, joins their events per key in event-time windows kept
+//! in RocksDB, and writes correlated records (customer journeys, order fulfilment),
+//! late-arrival reports and dead letters onto output topics. The product contract is
+//! the project's SPEC; `docs/` explains the topology file and the semantics.
+//!
+//! ## Data flow, one module per stage
+//!
+//! ```text
+//!  topology ──▶ plan
+//!                │
+//!  log (embedded broker) ──▶ source ──▶ decode ──▶ time ──▶ engine ──▶ outbox ──▶ sink
+//!                                        (JSON →   (water-  (operators:            (log /
+//!                                         event)    marks)   on_event,              Fluvio)
+//!                                                            on_watermark)
+//!                                                              │
+//!                                                            state (RocksDB)
+//! ```
+//!
+//! - [`log`]: the embedded log, braid's single-machine broker: topics → partitions →
+//!   CRC-framed append-only segments with a sparse offset/time index, one writer per
+//!   partition, readers that follow the tail.
+//! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
+//!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
+//! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
+//!
+//! Every library error is a typed `thiserror` enum that names its context (file, topic,
+//! partition, offset).
+
+pub mod cli;
+pub mod datagen;
+pub mod log;
