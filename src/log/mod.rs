@@ -1,1 +1,437 @@
-//! The embedded log.
+//! The embedded log: braid's single-machine broker, and the backend of every test.
+//!
+//! ```text
+//! <root>/<topic>/topic.json                      partition count (written once, atomically)
+//! <root>/<topic>/<partition>/writer.lock         held (flock) by the partition's only writer
+//! <root>/<topic>/<partition>/<base:020>.log      CRC-framed records, offsets base, base+1, …
+//! <root>/<topic>/<partition>/<base:020>.index    sparse offset + time index of that segment
+//! ```
+//!
+//! - [`record`]: the frame layout; [`segment`]: segment files and the sparse index;
+//!   [`partition`]: the writer (torn-tail recovery, rolling, fsync policy) and readers;
+//!   [`tail`]: waking readers on append; [`Producer`]: keyed/round-robin produce.
+//! - Keyed records go to `partition_for_key(key, n)`: SipHash-2-4 with zero keys over the key
+//!   bytes as Rust's `Hash` for `[u8]` feeds them (length as a native `usize`, then the bytes),
+//!   modulo `n` — the same rule as Fluvio's default partitioner, so data produced by either
+//!   lands in the same partition number, and topics with equal partition counts are
+//!   co-partitioned. Unkeyed records are spread round-robin.
+
+pub mod partition;
+pub mod record;
+pub mod segment;
+pub mod tail;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use partition::{FsyncPolicy, PartitionInfo, PartitionReader, PartitionWriter, WriterOptions};
+pub use record::Record;
+pub use tail::TailWatcher;
+
+use partition::PartitionRef;
+
+/// Errors of the embedded log; each names the topic, partition and file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("topic {topic} partition {partition}: {path}: {source}")]
+    PartitionIo {
+        topic: String,
+        partition: u32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "topic {topic} does not exist in {root} (create it with `braid topic create {topic} --partitions N`)"
+    )]
+    UnknownTopic { root: PathBuf, topic: String },
+    #[error("topic {topic} already exists with {existing} partitions, not {requested}")]
+    PartitionCountMismatch {
+        topic: String,
+        existing: u32,
+        requested: u32,
+    },
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("topic {topic} has {partitions} partitions; partition {partition} does not exist")]
+    NoSuchPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error("topic {topic} needs at least one partition")]
+    NoPartitions { topic: String },
+    #[error("topic {topic} partition {partition} already has a writer (lock held on {path})")]
+    WriterLocked {
+        topic: String,
+        partition: u32,
+        path: PathBuf,
+    },
+    #[error(
+        "topic {topic} partition {partition}: corrupt record in {path} at byte {position}: {reason}"
+    )]
+    Corrupt {
+        topic: String,
+        partition: u32,
+        path: PathBuf,
+        position: u64,
+        reason: &'static str,
+    },
+    #[error(
+        "topic {topic} partition {partition}: record of {size} bytes exceeds the limit of {max} bytes"
+    )]
+    RecordTooLarge {
+        topic: String,
+        partition: u32,
+        size: usize,
+        max: usize,
+    },
+    #[error("topic metadata {path} is unreadable: {reason}")]
+    BadMetadata { path: PathBuf, reason: String },
+    #[error("cannot watch {path} for appends: {message}")]
+    Watch { path: PathBuf, message: String },
+}
+
+/// Persisted description of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMeta {
+    pub name: String,
+    pub partitions: u32,
+}
+
+/// A directory of topics.
+#[derive(Debug, Clone)]
+pub struct Log {
+    root: PathBuf,
+}
+
+const META_FILE: &str = "topic.json";
+
+impl Log {
+    /// Opens (creating if needed) the log rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, LogError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| LogError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Log { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a topic, or confirms an existing one with the same partition count.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicMeta, LogError> {
+        validate_topic_name(name)?;
+        if partitions == 0 {
+            return Err(LogError::NoPartitions { topic: name.into() });
+        }
+        if let Some(existing) = self.read_meta(name)? {
+            if existing.partitions != partitions {
+                return Err(LogError::PartitionCountMismatch {
+                    topic: name.into(),
+                    existing: existing.partitions,
+                    requested: partitions,
+                });
+            }
+            return Ok(existing);
+        }
+        let dir = self.root.join(name);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LogError::Io { path, source }
+        };
+        for p in 0..partitions {
+            let pdir = dir.join(p.to_string());
+            std::fs::create_dir_all(&pdir).map_err(io(&pdir))?;
+        }
+        let meta = TopicMeta {
+            name: name.into(),
+            partitions,
+        };
+        // Written last and renamed into place: a topic exists only once all its partition
+        // directories do, and a concurrent create sees either nothing or the whole file.
+        let tmp = dir.join(format!(".{META_FILE}.{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(&meta).expect("plain struct serialises");
+        std::fs::write(&tmp, json).map_err(io(&tmp))?;
+        let path = dir.join(META_FILE);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(meta)
+    }
+
+    /// The topic's metadata, or [`LogError::UnknownTopic`].
+    pub fn topic(&self, name: &str) -> Result<TopicMeta, LogError> {
+        validate_topic_name(name)?;
+        self.read_meta(name)?.ok_or_else(|| LogError::UnknownTopic {
+            root: self.root.clone(),
+            topic: name.into(),
+        })
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Result<Vec<TopicMeta>, LogError> {
+        let io = |source| LogError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if let Some(name) = entry.file_name().to_str()
+                && validate_topic_name(name).is_ok()
+                && let Some(meta) = self.read_meta(name)?
+            {
+                out.push(meta);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn read_meta(&self, name: &str) -> Result<Option<TopicMeta>, LogError> {
+        let path = self.root.join(name).join(META_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LogError::Io { path, source }),
+        };
+        let meta: TopicMeta =
+            serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if meta.name != name || meta.partitions == 0 {
+            return Err(LogError::BadMetadata {
+                path,
+                reason: format!(
+                    "names topic {:?} with {} partitions",
+                    meta.name, meta.partitions
+                ),
+            });
+        }
+        Ok(Some(meta))
+    }
+
+    fn partition_ref(&self, topic: &str, partition: u32) -> Result<PartitionRef, LogError> {
+        let meta = self.topic(topic)?;
+        if partition >= meta.partitions {
+            return Err(LogError::NoSuchPartition {
+                topic: topic.into(),
+                partition,
+                partitions: meta.partitions,
+            });
+        }
+        Ok(PartitionRef {
+            topic: topic.into(),
+            partition,
+            dir: self.partition_dir(topic, partition),
+        })
+    }
+
+    /// Directory of one partition (what a [`TailWatcher`] watches).
+    pub fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.root.join(topic).join(partition.to_string())
+    }
+
+    /// Takes the single-writer lock of a partition and recovers its tail.
+    pub fn writer(
+        &self,
+        topic: &str,
+        partition: u32,
+        opts: WriterOptions,
+    ) -> Result<PartitionWriter, LogError> {
+        PartitionWriter::open(self.partition_ref(topic, partition)?, opts)
+    }
+
+    /// A reader positioned at `offset`.
+    pub fn reader(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<PartitionReader, LogError> {
+        PartitionReader::open(self.partition_ref(topic, partition)?, offset)
+    }
+
+    pub fn partition_info(&self, topic: &str, partition: u32) -> Result<PartitionInfo, LogError> {
+        partition::info(&self.partition_ref(topic, partition)?)
+    }
+
+    /// First offset whose append time is ≥ `timestamp_ms` (the end offset when none is).
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, LogError> {
+        partition::offset_for_timestamp(&self.partition_ref(topic, partition)?, timestamp_ms)
+    }
+
+    /// A producer for `topic`, taking each partition's writer lock on first use.
+    pub fn producer(&self, topic: &str, opts: WriterOptions) -> Result<Producer, LogError> {
+        let meta = self.topic(topic)?;
+        Ok(Producer {
+            log: self.clone(),
+            writers: (0..meta.partitions).map(|_| None).collect(),
+            pending: (0..meta.partitions).map(|_| Vec::new()).collect(),
+            pending_bytes: 0,
+            next_round_robin: 0,
+            meta,
+            opts,
+        })
+    }
+}
+
+/// Topic names: 1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..` (the rule Kafka uses;
+/// it also keeps a name from ever being a path).
+pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
+    let err = |reason| {
+        Err(LogError::InvalidTopicName {
+            name: name.into(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return err("it is empty");
+    }
+    if name.len() > 249 {
+        return err("it is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return err("`.` and `..` are reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return err("only ASCII letters, digits, `.`, `_` and `-` are allowed");
+    }
+    Ok(())
+}
+
+/// Partition of a keyed record (see the module documentation for the exact rule).
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    let mut h = siphasher::sip::SipHasher::new();
+    key.hash(&mut h);
+    (h.finish() % u64::from(partitions.max(1))) as u32
+}
+
+/// Appends to every partition of a topic: keyed records by [`partition_for_key`], unkeyed
+/// round-robin. Records are buffered and appended per partition in batches.
+pub struct Producer {
+    log: Log,
+    meta: TopicMeta,
+    opts: WriterOptions,
+    writers: Vec<Option<PartitionWriter>>,
+    pending: Vec<Vec<KeyValue>>,
+    pending_bytes: usize,
+    next_round_robin: u32,
+}
+
+/// A queued record: optional key, value.
+type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+
+/// Buffered bytes that trigger an append.
+const PRODUCER_BATCH_BYTES: usize = 1024 * 1024;
+
+impl Producer {
+    pub fn topic(&self) -> &TopicMeta {
+        &self.meta
+    }
+
+    /// Queues a record; returns the partition it goes to.
+    pub fn send(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<u32, LogError> {
+        let partition = match key {
+            Some(k) => partition_for_key(k, self.meta.partitions),
+            None => {
+                let p = self.next_round_robin;
+                self.next_round_robin = (p + 1) % self.meta.partitions;
+                p
+            }
+        };
+        self.pending_bytes += value.len() + key.map_or(0, <[u8]>::len);
+        self.pending[partition as usize].push((key.map(<[u8]>::to_vec), value.to_vec()));
+        if self.pending_bytes >= PRODUCER_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(partition)
+    }
+
+    /// Appends everything queued (one batch per partition, synced per the fsync policy).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        for p in 0..self.meta.partitions as usize {
+            if self.pending[p].is_empty() {
+                continue;
+            }
+            if self.writers[p].is_none() {
+                self.writers[p] = Some(self.log.writer(&self.meta.name, p as u32, self.opts)?);
+            }
+            let writer = self.writers[p].as_mut().expect("opened above");
+            let batch = std::mem::take(&mut self.pending[p]);
+            writer.append(batch.iter().map(|(k, v)| (k.as_deref(), v.as_slice())))?;
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if self.pending_bytes > 0 {
+            tracing::warn!(topic = %self.meta.name, "producer dropped without flush; flushing now");
+            let _ = self.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_checked() {
+        for bad in ["", ".", "..", "a/b", "a\\b", "x\ny", "ü", &"t".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "page.viewed",
+            "customer.journey.dlq",
+            "A_b-9",
+            &"t".repeat(249),
+        ] {
+            validate_topic_name(good).unwrap();
+        }
+        assert_eq!(
+            validate_topic_name("a/b").unwrap_err().to_string(),
+            "invalid topic name \"a/b\": only ASCII letters, digits, `.`, `_` and `-` are allowed"
+        );
+    }
+
+    #[test]
+    fn key_partitioning_is_the_documented_hash() {
+        // Independent computation of the documented rule: length prefix, then bytes.
+        let mut h = siphasher::sip::SipHasher::new_with_keys(0, 0);
+        h.write(&(5usize).to_ne_bytes());
+        h.write(b"c-001");
+        assert_eq!(partition_for_key(b"c-001", 7), (h.finish() % 7) as u32);
+        // Pinned values: a change of rule would silently break co-partitioning of existing data.
+        let pinned: Vec<u32> = ["c-000001", "c-000002", "o-1", ""]
+            .iter()
+            .map(|k| partition_for_key(k.as_bytes(), 12))
+            .collect();
+        assert_eq!(pinned, PINNED_PARTITIONS);
+    }
+
+    const PINNED_PARTITIONS: [u32; 4] = [1, 3, 3, 11];
+}

@@ -1,0 +1,204 @@
+//! Segment files and their sparse index.
+//!
+//! A partition is a directory of segments, each named by the offset of its first record:
+//! `00000000000000000000.log` holds the frames, `00000000000000000000.index` a sparse index of
+//! fixed 16-byte entries `(relative offset: u32, position: u32, timestamp_ms: i64)`.
+//!
+//! One index serves both lookups because append timestamps never decrease within a partition:
+//! entries are sorted by offset *and* by time. An entry is written for the first record of a
+//! segment and then whenever `index_interval_bytes` of frames have passed since the last entry.
+//! The index is derived data: a writer rebuilds the active segment's index when it opens, and a
+//! reader ignores a torn trailing entry.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Decoded, FrameView};
+
+pub const INDEX_ENTRY: usize = 16;
+
+/// Path of the frames file of the segment starting at `base`.
+pub fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Path of the index file of the segment starting at `base`.
+pub fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// Base offsets of the segments in `dir`, ascending.
+pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".log")
+            && stem.len() == 20
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub offset: u64,
+    pub position: u64,
+    pub timestamp_ms: i64,
+}
+
+impl IndexEntry {
+    pub fn encode(&self, base: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&((self.offset - base) as u32).to_le_bytes());
+        out.extend_from_slice(&(self.position as u32).to_le_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
+    }
+
+    fn decode(base: u64, bytes: &[u8]) -> Self {
+        let rel = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+        let pos = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        let ts = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        IndexEntry {
+            offset: base + u64::from(rel),
+            position: u64::from(pos),
+            timestamp_ms: ts,
+        }
+    }
+}
+
+/// Reads the index of a segment. Entries that are torn, out of order or point past the end of
+/// the frames file are dropped: a shorter index only means a longer scan.
+pub fn read_index(dir: &Path, base: u64, log_len: u64) -> Vec<IndexEntry> {
+    let Ok(bytes) = std::fs::read(index_path(dir, base)) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
+    for chunk in bytes.chunks_exact(INDEX_ENTRY) {
+        let e = IndexEntry::decode(base, chunk);
+        let ordered = entries.last().is_none_or(|p| {
+            p.offset < e.offset && p.position < e.position && p.timestamp_ms <= e.timestamp_ms
+        });
+        if !ordered || e.position >= log_len {
+            break;
+        }
+        entries.push(e);
+    }
+    entries
+}
+
+/// Last entry at or before `offset`.
+pub fn floor_by_offset(entries: &[IndexEntry], offset: u64) -> Option<IndexEntry> {
+    let i = entries.partition_point(|e| e.offset <= offset);
+    i.checked_sub(1).map(|i| entries[i])
+}
+
+/// Last entry whose timestamp is strictly before `ts`.
+pub fn floor_by_time(entries: &[IndexEntry], ts: i64) -> Option<IndexEntry> {
+    let i = entries.partition_point(|e| e.timestamp_ms < ts);
+    i.checked_sub(1).map(|i| entries[i])
+}
+
+/// Sequential reader of frames in one segment file, through a reusable buffer so that a
+/// record costs no system call of its own.
+pub struct SegmentCursor {
+    file: File,
+    /// File position of `buf[start]`.
+    buf_pos: u64,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+/// What the cursor found at its position.
+pub enum Next<'a> {
+    Frame {
+        view: FrameView,
+        buf: &'a [u8],
+        position: u64,
+        len: usize,
+    },
+    /// No whole frame yet (end of file, or a frame still being written).
+    End,
+    Corrupt {
+        position: u64,
+        reason: &'static str,
+    },
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl SegmentCursor {
+    pub fn open(path: &Path, position: u64) -> std::io::Result<Self> {
+        Ok(SegmentCursor {
+            file: File::open(path)?,
+            buf_pos: position,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+        })
+    }
+
+    /// File position of the next frame.
+    pub fn position(&self) -> u64 {
+        self.buf_pos
+    }
+
+    /// Decodes the frame at the current position without consuming it.
+    pub fn peek(&mut self) -> std::io::Result<Next<'_>> {
+        loop {
+            let avail = &self.buf[self.start..];
+            match record::decode(avail) {
+                Decoded::Frame { len, view } => {
+                    return Ok(Next::Frame {
+                        view,
+                        buf: &self.buf[self.start..],
+                        position: self.buf_pos,
+                        len,
+                    });
+                }
+                Decoded::Corrupt(reason) => {
+                    return Ok(Next::Corrupt {
+                        position: self.buf_pos,
+                        reason,
+                    });
+                }
+                Decoded::Incomplete { needed } => {
+                    if !self.fill(needed)? {
+                        return Ok(Next::End);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves past a frame returned by [`peek`](Self::peek).
+    pub fn consume(&mut self, len: usize) {
+        self.start += len;
+        self.buf_pos += len as u64;
+    }
+
+    /// Reads more of the file so that at least `needed` bytes are buffered; false when the
+    /// file does not (yet) have them.
+    fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let have = self.buf.len();
+        let want = needed.max(READ_CHUNK);
+        self.buf.resize(want, 0);
+        let mut filled = have;
+        while filled < want {
+            let n = self
+                .file
+                .read_at(&mut self.buf[filled..], self.buf_pos + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        self.buf.truncate(filled);
+        Ok(filled >= needed)
+    }
+}

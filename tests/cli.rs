@@ -1,0 +1,222 @@
+//! The `braid` binary end to end: topics, produce → consume, positions, exit codes.
+
+mod common;
+
+use common::{TempLog, ok, run_with_stdin, stderr, stdout};
+
+fn cmd(t: &TempLog, args: &[&str]) -> std::process::Command {
+    let mut c = t.braid();
+    c.args(args);
+    c
+}
+
+#[test]
+fn topic_create_list_describe() {
+    let t = TempLog::new();
+    assert_eq!(
+        ok(
+            cmd(&t, &["topic", "create", "page.viewed", "--partitions", "3"])
+                .output()
+                .unwrap()
+        ),
+        "topic page.viewed ready with 3 partitions\n"
+    );
+    ok(cmd(&t, &["topic", "create", "order.placed"])
+        .output()
+        .unwrap());
+    assert_eq!(
+        ok(cmd(&t, &["topic", "list"]).output().unwrap()),
+        "order.placed\t1\npage.viewed\t3\n"
+    );
+    let out = cmd(&t, &["topic", "create", "page.viewed", "--partitions", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: topic page.viewed already exists with 3 partitions, not 2\n"
+    );
+    ok(run_with_stdin(
+        cmd(&t, &["produce", "order.placed"]),
+        b"{\"a\":1}\n{\"a\":2}\n",
+    ));
+    let json: serde_json::Value = serde_json::from_str(&ok(cmd(
+        &t,
+        &["topic", "describe", "order.placed", "--json"],
+    )
+    .output()
+    .unwrap()))
+    .unwrap();
+    assert_eq!(json["topic"], "order.placed");
+    assert_eq!(json["partitions"][0]["end_offset"], 2);
+    assert!(json["partitions"][0]["bytes"].as_u64().unwrap() > 14);
+    let table = ok(cmd(&t, &["topic", "describe", "order.placed"])
+        .output()
+        .unwrap());
+    assert!(
+        table.starts_with("topic order.placed (1 partitions)\n"),
+        "{table}"
+    );
+}
+
+#[test]
+fn produce_then_consume_round_trip_with_keys() {
+    let t = TempLog::new();
+    ok(cmd(&t, &["topic", "create", "views", "--partitions", "4"])
+        .output()
+        .unwrap());
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"customer_id":"c-{}","n":{i}}}"#, i % 7))
+        .chain([
+            "not json at all".to_string(),
+            r#"{"customer_id":17,"n":99}"#.to_string(),
+        ])
+        .collect();
+    let input = lines.join("\n") + "\n\n";
+    let out = run_with_stdin(
+        cmd(&t, &["produce", "views", "--key-pointer", "/customer_id"]),
+        input.as_bytes(),
+    );
+    let err = stderr(&out);
+    ok(out);
+    assert!(
+        err.contains("produced 42 records to views (41 keyed, 1 unkeyed, 1 not JSON)"),
+        "{err}"
+    );
+
+    let out = ok(cmd(&t, &["consume", "views", "--meta"]).output().unwrap());
+    let recs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 42);
+    for r in &recs {
+        let p = r["partition"].as_u64().unwrap() as u32;
+        if let Some(key) = r["key"].as_str() {
+            assert_eq!(braid::log::partition_for_key(key.as_bytes(), 4), p, "{r}");
+        }
+    }
+    let n17 = recs.iter().find(|r| r["value"]["n"] == 99).unwrap();
+    assert_eq!(n17["key"], "17", "integer keys become their decimal text");
+    let poison = recs
+        .iter()
+        .find(|r| r["value"] == "not json at all")
+        .unwrap();
+    assert!(poison["key"].is_null());
+    // Per partition, offsets are dense and values keep their order.
+    for p in 0..4 {
+        let mine: Vec<&serde_json::Value> = recs.iter().filter(|r| r["partition"] == p).collect();
+        for (i, r) in mine.iter().enumerate() {
+            assert_eq!(r["offset"], i as u64);
+        }
+    }
+    // Without --meta: the values exactly as produced (here one partition's worth).
+    let plain = ok(cmd(&t, &["consume", "views", "--partition", "0"])
+        .output()
+        .unwrap());
+    for line in plain.lines() {
+        assert!(lines.contains(&line.to_string()), "{line}");
+    }
+}
+
+#[test]
+fn consume_positions_and_limits() {
+    let t = TempLog::new();
+    ok(cmd(&t, &["topic", "create", "t"]).output().unwrap());
+    let input: String = (0..10).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    ok(run_with_stdin(cmd(&t, &["produce", "t"]), input.as_bytes()));
+    let values = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["consume", "t"];
+        all.extend_from_slice(args);
+        ok(cmd(&t, &all).output().unwrap())
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        values(&["--from", "offset:7"]),
+        ["{\"n\":7}", "{\"n\":8}", "{\"n\":9}"]
+    );
+    assert_eq!(values(&["-n", "2"]), ["{\"n\":0}", "{\"n\":1}"]);
+    assert!(values(&["--from", "end"]).is_empty());
+    assert!(values(&["--from", "offset:50"]).is_empty());
+    assert_eq!(
+        values(&["--from", "timestamp:1970-01-01T00:00:00Z"]).len(),
+        10
+    );
+    assert!(values(&["--from", "timestamp:2999-01-01T00:00:00Z"]).is_empty());
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1() {
+    let t = TempLog::new();
+    ok(cmd(&t, &["topic", "create", "t"]).output().unwrap());
+    let out = cmd(&t, &["consume", "t", "--from", "yesterday"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "invalid value 'yesterday' for '--from <FROM>': invalid position \"yesterday\": expected beginning, end, offset:N or timestamp:RFC3339"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = cmd(&t, &["consume", "t", "--partition", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --partition 3 does not exist: topic t has 1 partition(s)\n"
+    );
+    let out = run_with_stdin(
+        cmd(&t, &["produce", "t", "--key-pointer", "customer_id"]),
+        b"{}\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --key-pointer \"customer_id\" is not a JSON pointer (hint: /customer_id)\n"
+    );
+    let out = cmd(&t, &["consume", "missing"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: topic missing does not exist in "),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_with_stdin(
+        cmd(&t, &["produce", "t", "--validate-json"]),
+        b"{\"ok\":1}\nnope\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stdin:2: not valid JSON; not appended"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&cmd(&t, &["consume", "t"]).output().unwrap()),
+        "{\"ok\":1}\n"
+    );
+}
+
+#[test]
+fn every_subcommand_help_teaches_by_example() {
+    for sub in [
+        &["topic", "create"][..],
+        &["topic", "list"],
+        &["topic", "describe"],
+        &["produce"],
+        &["consume"],
+    ] {
+        let mut c = common::braid();
+        c.args(sub).arg("--help");
+        let help = ok(c.output().unwrap());
+        assert!(
+            help.contains("Example"),
+            "{sub:?} --help has no example:\n{help}"
+        );
+    }
+}
