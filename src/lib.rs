@@ -21,6 +21,9 @@
 //! - [`log`]: the embedded log, braid's single-machine broker: topics → partitions →
 //!   CRC-framed append-only segments with a sparse offset/time index, one writer per
 //!   partition, readers that follow the tail.
+//! - [`decode`]: one source record (JSON bytes) → an `Event` (key, event time, id, raw
+//!   payload) or a `DeadLetter` with a precise reason; the per-record hot path.
+//! - [`time`]: per-partition and job watermarks, partition idleness, checkpointable.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -30,4 +33,6 @@
 
 pub mod cli;
 pub mod datagen;
+pub mod decode;
 pub mod log;
+pub mod time;
