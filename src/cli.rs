@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::datagen::{self, GenConfig};
 use crate::log::{Log, TailWatcher, WriterOptions};
 
 #[derive(Parser, Debug)]
@@ -50,6 +51,11 @@ enum Command {
         after_help = "Examples:\n  braid consume customer.journey --from beginning -n 10\n  braid consume page.viewed --partition 2 --from offset:100 --meta\n  braid consume customer.journey --from end --follow"
     )]
     Consume(ConsumeArgs),
+    /// Generate a deterministic synthetic workload into the log (or JSON-lines files).
+    #[command(
+        after_help = "Examples:\n  braid gen --events 200000 --customers 20000 --seed 7\n  braid gen --events 1000 --no-fulfilment --out-dir /tmp/jsonl\n  braid gen --partitions 4 --partitions order.placed=1"
+    )]
+    Gen(GenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,6 +112,57 @@ struct ConsumeArgs {
     /// Wrap each value with its partition, offset, append time and key.
     #[arg(long)]
     meta: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Seed of the whole dataset (same seed and knobs ⇒ byte-identical output) [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of customers [default: 100000].
+    #[arg(long)]
+    customers: Option<u64>,
+    /// Well-formed journey events (duplicates, poison and fulfilment parts come on top)
+    /// [default: 2000000].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Event time of the first event (RFC 3339) [default: 2026-01-05T08:00:00Z].
+    #[arg(long, value_parser = parse_rfc3339_ms)]
+    start: Option<i64>,
+    /// Bound of ordinary out-of-order arrival, in milliseconds [default: 5000].
+    #[arg(long)]
+    disorder_ms: Option<u64>,
+    /// Share of records arriving 30–120 minutes late [default: 0.01].
+    #[arg(long)]
+    late_fraction: Option<f64>,
+    /// Share of records sent twice [default: 0.005].
+    #[arg(long)]
+    duplicate_fraction: Option<f64>,
+    /// Probability of a malformed record next to each well-formed one [default: 0.001].
+    #[arg(long)]
+    poison_fraction: Option<f64>,
+    /// No payment/inventory/shipment parts for orders.
+    #[arg(long)]
+    no_fulfilment: bool,
+    /// Share of fulfilment parts never sent [default: 0.02].
+    #[arg(long)]
+    missing_part_fraction: Option<f64>,
+    /// Share of fulfilment parts 8–48 hours after their order [default: 0.02].
+    #[arg(long)]
+    delayed_part_fraction: Option<f64>,
+    /// Partition counts of the topics created: N for all, or TOPIC=N; repeatable
+    /// [default: page.viewed=4, cart.updated=2, order.placed=2, fulfilment topics 2].
+    #[arg(long, value_name = "N|TOPIC=N")]
+    partitions: Vec<String>,
+    /// Write one JSON-lines file per topic into this directory instead of the log.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
 }
 
 /// A position in a partition, as given on the command line.
@@ -184,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic(&log()?, cmd),
         Command::Produce(args) => produce(&log()?, args),
         Command::Consume(args) => consume(&log()?, args),
+        Command::Gen(args) => generate(&cli.log, args),
     }
 }
 
@@ -406,6 +464,148 @@ fn print_record(
         "value": value,
     });
     writeln!(out, "{doc}")?;
+    Ok(())
+}
+
+fn gen_config(args: &GenArgs) -> GenConfig {
+    let d = GenConfig::default();
+    GenConfig {
+        seed: args.seed.unwrap_or(d.seed),
+        customers: args.customers.unwrap_or(d.customers),
+        events: args.events.unwrap_or(d.events),
+        start: args.start.unwrap_or(d.start),
+        disorder_ms: args.disorder_ms.unwrap_or(d.disorder_ms),
+        late_fraction: args.late_fraction.unwrap_or(d.late_fraction),
+        duplicate_fraction: args.duplicate_fraction.unwrap_or(d.duplicate_fraction),
+        poison_fraction: args.poison_fraction.unwrap_or(d.poison_fraction),
+        fulfilment: !args.no_fulfilment,
+        missing_part_fraction: args
+            .missing_part_fraction
+            .unwrap_or(d.missing_part_fraction),
+        delayed_part_fraction: args
+            .delayed_part_fraction
+            .unwrap_or(d.delayed_part_fraction),
+    }
+}
+
+/// Partition count per generated topic, from the defaults and `--partitions` overrides.
+fn gen_partitions(specs: &[String], topics: &[&str]) -> Result<Vec<u32>, UsageError> {
+    let mut counts: Vec<u32> = topics
+        .iter()
+        .map(|t| match *t {
+            datagen::PAGE_VIEWED => 4,
+            _ => 2,
+        })
+        .collect();
+    for spec in specs {
+        let bad = || {
+            UsageError(format!(
+                "--partitions {spec:?}: expected N or TOPIC=N with N ≥ 1"
+            ))
+        };
+        let (topic, n) = match spec.split_once('=') {
+            Some((t, n)) => (Some(t), n),
+            None => (None, spec.as_str()),
+        };
+        let n: u32 = n.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+        match topic {
+            None => counts.iter_mut().for_each(|c| *c = n),
+            Some(t) => {
+                let i = topics.iter().position(|x| *x == t).ok_or_else(|| {
+                    UsageError(format!(
+                        "--partitions {spec:?}: {t} is not a generated topic ({})",
+                        topics.join(", ")
+                    ))
+                })?;
+                counts[i] = n;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
+    let config = gen_config(&args);
+    let mut generator = config
+        .clone()
+        .build()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let topics: Vec<&str> = datagen::JOURNEY_TOPICS
+        .iter()
+        .chain(
+            config
+                .fulfilment
+                .then_some(&datagen::FULFILMENT_TOPICS)
+                .into_iter()
+                .flatten(),
+        )
+        .copied()
+        .collect();
+    let partitions = gen_partitions(&args.partitions, &topics)?;
+    let started = std::time::Instant::now();
+    let destination = match &args.out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut files = Vec::new();
+            for t in &topics {
+                let path = dir.join(format!("{t}.jsonl"));
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                files.push((path, std::io::BufWriter::new(f)));
+            }
+            for rec in generator.by_ref() {
+                let i = topics
+                    .iter()
+                    .position(|t| *t == rec.topic)
+                    .expect("generated topic");
+                let (path, f) = &mut files[i];
+                // A JSON-lines file cannot hold a newline inside a record.
+                let value: Vec<u8> = rec
+                    .value
+                    .iter()
+                    .map(|&b| if b == b'\n' { b' ' } else { b })
+                    .collect();
+                f.write_all(&value)
+                    .and_then(|()| f.write_all(b"\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            for (path, mut f) in files {
+                f.flush()
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            dir.display().to_string()
+        }
+        None => {
+            let log = Log::open(log_dir).context("opening the embedded log")?;
+            let mut producers = Vec::new();
+            for (t, &n) in topics.iter().zip(&partitions) {
+                log.create_topic(t, n)?;
+                producers.push(log.producer(t, WriterOptions::default())?);
+            }
+            for rec in generator.by_ref() {
+                let i = topics
+                    .iter()
+                    .position(|t| *t == rec.topic)
+                    .expect("generated topic");
+                producers[i].send_at(
+                    rec.key.as_deref().map(str::as_bytes),
+                    &rec.value,
+                    rec.arrival_ms,
+                )?;
+            }
+            for p in &mut producers {
+                p.flush()?;
+            }
+            log_dir.display().to_string()
+        }
+    };
+    let summary = generator.summary();
+    eprintln!(
+        "generated {} records into {destination} in {:.1}s",
+        summary.records,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", serde_json::to_string_pretty(summary)?);
     Ok(())
 }
 

@@ -334,13 +334,13 @@ pub struct Producer {
     meta: TopicMeta,
     opts: WriterOptions,
     writers: Vec<Option<PartitionWriter>>,
-    pending: Vec<Vec<KeyValue>>,
+    pending: Vec<Vec<Queued>>,
     pending_bytes: usize,
     next_round_robin: u32,
 }
 
-/// A queued record: optional key, value.
-type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+/// A queued record: optional key, value, append time.
+type Queued = (Option<Vec<u8>>, Vec<u8>, i64);
 
 /// Buffered bytes that trigger an append.
 const PRODUCER_BATCH_BYTES: usize = 1024 * 1024;
@@ -350,8 +350,19 @@ impl Producer {
         &self.meta
     }
 
-    /// Queues a record; returns the partition it goes to.
+    /// Queues a record stamped with the wall clock; returns the partition it goes to.
     pub fn send(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<u32, LogError> {
+        self.send_at(key, value, partition::now_ms())
+    }
+
+    /// Queues a record with its own append time (e.g. a simulated arrival time, so that a
+    /// generated log is reproducible down to its time index).
+    pub fn send_at(
+        &mut self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<u32, LogError> {
         let partition = match key {
             Some(k) => partition_for_key(k, self.meta.partitions),
             None => {
@@ -361,7 +372,11 @@ impl Producer {
             }
         };
         self.pending_bytes += value.len() + key.map_or(0, <[u8]>::len);
-        self.pending[partition as usize].push((key.map(<[u8]>::to_vec), value.to_vec()));
+        self.pending[partition as usize].push((
+            key.map(<[u8]>::to_vec),
+            value.to_vec(),
+            timestamp_ms,
+        ));
         if self.pending_bytes >= PRODUCER_BATCH_BYTES {
             self.flush()?;
         }
@@ -379,7 +394,11 @@ impl Producer {
             }
             let writer = self.writers[p].as_mut().expect("opened above");
             let batch = std::mem::take(&mut self.pending[p]);
-            writer.append(batch.iter().map(|(k, v)| (k.as_deref(), v.as_slice())))?;
+            writer.append_timed(
+                batch
+                    .iter()
+                    .map(|(k, v, t)| (k.as_deref(), v.as_slice(), *t)),
+            )?;
         }
         self.pending_bytes = 0;
         Ok(())

@@ -179,9 +179,7 @@ impl PartitionWriter {
         self.append_at(records, now_ms())
     }
 
-    /// Appends records with append time `timestamp_ms` (clamped so time never goes back).
-    /// The batch is written with one system call per segment it touches, then synced per the
-    /// [`FsyncPolicy`].
+    /// Appends records with one append time for the whole batch.
     pub fn append_at<'a, I>(
         &mut self,
         records: I,
@@ -190,9 +188,19 @@ impl PartitionWriter {
     where
         I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8])>,
     {
-        let ts = timestamp_ms.max(self.last_timestamp);
+        self.append_timed(records.into_iter().map(|(k, v)| (k, v, timestamp_ms)))
+    }
+
+    /// Appends records, each with its own append time (clamped so time never goes back).
+    /// The batch is written with one system call per segment it touches, then synced per the
+    /// [`FsyncPolicy`].
+    pub fn append_timed<'a, I>(&mut self, records: I) -> Result<std::ops::Range<u64>, LogError>
+    where
+        I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
+    {
         let first = self.next_offset;
-        for (key, value) in records {
+        for (key, value, timestamp_ms) in records {
+            let ts = timestamp_ms.max(self.last_timestamp);
             let len = record::frame_len(key, value);
             if len - record::FRAME_HEADER > record::MAX_BODY_BYTES {
                 self.write_pending()?;
@@ -220,8 +228,8 @@ impl PartitionWriter {
             record::encode(&mut self.frames, self.next_offset, ts, key, value);
             self.since_index += len as u64;
             self.next_offset += 1;
+            self.last_timestamp = ts;
         }
-        self.last_timestamp = ts;
         self.write_pending()?;
         let due = match self.opts.fsync {
             FsyncPolicy::EveryBatch => true,
