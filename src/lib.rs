@@ -21,6 +21,8 @@
 //! - [`log`]: the embedded log, braid's single-machine broker: topics → partitions →
 //!   CRC-framed append-only segments with a sparse offset/time index, one writer per
 //!   partition, readers that follow the tail.
+//! - [`topology`]: topology files → validated [`topology::Plan`]s, reporting every
+//!   problem at once with line, column, field and hint.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -31,3 +33,4 @@
 pub mod cli;
 pub mod datagen;
 pub mod log;
+pub mod topology;
