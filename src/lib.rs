@@ -21,6 +21,8 @@
 //! - [`log`]: the embedded log, braid's single-machine broker: topics → partitions →
 //!   CRC-framed append-only segments with a sparse offset/time index, one writer per
 //!   partition, readers that follow the tail.
+//! - [`topology`]: topology files → validated [`topology::Plan`]s, reporting every
+//!   problem at once with line, column, field and hint.
 //! - [`decode`]: one source record (JSON bytes) → an `Event` (key, event time, id, raw
 //!   payload) or a `DeadLetter` with a precise reason; the per-record hot path.
 //! - [`time`]: per-partition and job watermarks, partition idleness, checkpointable.
@@ -36,3 +38,4 @@ pub mod datagen;
 pub mod decode;
 pub mod log;
 pub mod time;
+pub mod topology;
