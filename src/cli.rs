@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::datagen::{self, GenConfig};
 use crate::log::{Log, TailWatcher, WriterOptions};
+use crate::topology::{self, StartPosition};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +52,12 @@ enum Command {
         after_help = "Examples:\n  braid consume customer.journey --from beginning -n 10\n  braid consume page.viewed --partition 2 --from offset:100 --meta\n  braid consume customer.journey --from end --follow"
     )]
     Consume(ConsumeArgs),
+    /// Check a topology file: every problem at once (exit 2), or a summary of the plan.
+    #[command(after_help = "Example:\n  braid validate topologies/customer_journey.toml")]
+    Validate {
+        /// The topology file.
+        file: PathBuf,
+    },
     /// Generate a deterministic synthetic workload into the log (or JSON-lines files).
     #[command(
         after_help = "Examples:\n  braid gen --events 200000 --customers 20000 --seed 7\n  braid gen --events 1000 --no-fulfilment --out-dir /tmp/jsonl\n  braid gen --partitions 4 --partitions order.placed=1"
@@ -98,8 +105,8 @@ struct ProduceArgs {
 struct ConsumeArgs {
     topic: String,
     /// Where to start: beginning, end, offset:N or timestamp:RFC3339 (append time).
-    #[arg(long, default_value = "beginning", value_parser = parse_position)]
-    from: Position,
+    #[arg(long, default_value = "beginning")]
+    from: StartPosition,
     /// Only this partition (default: all).
     #[arg(long, short)]
     partition: Option<u32>,
@@ -165,36 +172,6 @@ fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
         .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
 }
 
-/// A position in a partition, as given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Position {
-    Beginning,
-    End,
-    Offset(u64),
-    Timestamp(i64),
-}
-
-fn parse_position(s: &str) -> Result<Position, String> {
-    let hint = "expected beginning, end, offset:N or timestamp:RFC3339";
-    match s {
-        "beginning" => Ok(Position::Beginning),
-        "end" => Ok(Position::End),
-        _ => {
-            if let Some(n) = s.strip_prefix("offset:") {
-                n.parse()
-                    .map(Position::Offset)
-                    .map_err(|_| format!("invalid offset {n:?}: {hint}"))
-            } else if let Some(t) = s.strip_prefix("timestamp:") {
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map(|d| Position::Timestamp(d.timestamp_millis()))
-                    .map_err(|e| format!("invalid timestamp {t:?} ({e}): {hint}"))
-            } else {
-                Err(format!("invalid position {s:?}: {hint}"))
-            }
-        }
-    }
-}
-
 /// An error caused by how the command was called (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -242,6 +219,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce(&log()?, args),
         Command::Consume(args) => consume(&log()?, args),
         Command::Gen(args) => generate(&cli.log, args),
+        Command::Validate { file } => validate(&file),
+    }
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    match topology::load(file) {
+        Ok(plan) => {
+            println!("{}", plan.summary().trim_end());
+            Ok(())
+        }
+        Err(errors) => {
+            let n = errors.problems.len().max(1);
+            eprintln!("{errors}");
+            Err(UsageError(format!(
+                "{} is not a valid topology ({n} problem{})",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            ))
+            .into())
+        }
     }
 }
 
@@ -395,10 +392,10 @@ fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
     for &p in &partitions {
         let info = log.partition_info(&meta.name, p)?;
         let start = match args.from {
-            Position::Beginning => info.start_offset,
-            Position::End => info.end_offset,
-            Position::Offset(o) => o,
-            Position::Timestamp(ts) => log.offset_for_timestamp(&meta.name, p, ts)?,
+            StartPosition::Beginning => info.start_offset,
+            StartPosition::End => info.end_offset,
+            StartPosition::Offset(o) => o,
+            StartPosition::Timestamp(ts) => log.offset_for_timestamp(&meta.name, p, ts)?,
         };
         readers.push(log.reader(&meta.name, p, start)?);
         stop_at.push(info.end_offset);
@@ -612,24 +609,6 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_parse_or_explain() {
-        assert_eq!(parse_position("beginning"), Ok(Position::Beginning));
-        assert_eq!(parse_position("offset:42"), Ok(Position::Offset(42)));
-        assert_eq!(
-            parse_position("timestamp:2026-01-05T08:00:00+01:00"),
-            Ok(Position::Timestamp(1_767_596_400_000))
-        );
-        assert_eq!(
-            parse_position("offset:-1").unwrap_err(),
-            "invalid offset \"-1\": expected beginning, end, offset:N or timestamp:RFC3339"
-        );
-        assert_eq!(
-            parse_position("start").unwrap_err(),
-            "invalid position \"start\": expected beginning, end, offset:N or timestamp:RFC3339"
-        );
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

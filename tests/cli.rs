@@ -157,7 +157,7 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
-            "invalid value 'yesterday' for '--from <FROM>': invalid position \"yesterday\": expected beginning, end, offset:N or timestamp:RFC3339"
+            "invalid value 'yesterday' for '--from <FROM>': invalid start position \"yesterday\": expected beginning, end, offset:N or timestamp:RFC3339"
         ),
         "{}",
         stderr(&out)
@@ -211,6 +211,7 @@ fn every_subcommand_help_teaches_by_example() {
         &["produce"],
         &["consume"],
         &["gen"],
+        &["validate"],
     ] {
         let mut c = common::braid();
         c.args(sub).arg("--help");
@@ -323,4 +324,48 @@ fn gen_is_deterministic_for_a_seed() {
     from_file.sort_unstable();
     from_log.sort_unstable();
     assert_eq!(from_file, from_log);
+}
+
+#[test]
+fn validate_reports_every_problem_at_once_and_exits_2() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/topology/broken.toml"
+    );
+    let out = common::braid()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["validate", "tests/fixtures/topology/broken.toml"])
+        .output()
+        .unwrap();
+    assert!(std::path::Path::new(fixture).exists());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    let f = "tests/fixtures/topology/broken.toml";
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}:5:7: source[0].key: invalid JSON pointer \"customer_id\": it must start with \"/\" (hint: \"/customer_id\")\n\
+             {f}:9:9: source[1].topic: topic \"page.viewed\" is already a source (source[0]) (hint: declare each topic once; remove one of the [[source]] sections)\n\
+             {f}:14:8: correlate.kind: unknown correlation kind \"sesion\" (hint: did you mean \"session\"? known kinds: session, complete, interval, tumbling, hopping)\n\
+             {f}:17:20: time.out_of_orderness: invalid duration \"5 seconds\" (hint: use a number and a unit: 250ms, 5s, 30m, 2h, 1d)\n\
+             {f}:18:1: time.grce: unknown field (hint: did you mean `grace`?)\n\
+             {f}:21:12: output.journeys: output topic \"page.viewed\" is also a source (hint: braid would read its own output; choose another topic)\n\
+             error: {f} is not a valid topology (6 problems)\n"
+        )
+    );
+}
+
+#[test]
+fn every_shipped_topology_validates_through_the_cli() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let summary = ok(common::braid().arg("validate").arg(&path).output().unwrap());
+            assert!(summary.contains("fingerprint"), "{summary}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
 }

@@ -60,7 +60,10 @@ pub enum LogError {
         requested: u32,
     },
     #[error("invalid topic name {name:?}: {reason}")]
-    InvalidTopicName { name: String, reason: &'static str },
+    InvalidTopicName {
+        name: String,
+        reason: crate::topology::NameError,
+    },
     #[error("topic {topic} has {partitions} partitions; partition {partition} does not exist")]
     NoSuchPartition {
         topic: String,
@@ -293,31 +296,13 @@ impl Log {
     }
 }
 
-/// Topic names: 1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..` (the rule Kafka uses;
-/// it also keeps a name from ever being a path).
+/// Checks a topic name against the rule shared with topology files
+/// ([`crate::topology::validate_topic_name`]): it also keeps a name from ever being a path.
 pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
-    let err = |reason| {
-        Err(LogError::InvalidTopicName {
-            name: name.into(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return err("it is empty");
-    }
-    if name.len() > 249 {
-        return err("it is longer than 249 characters");
-    }
-    if name == "." || name == ".." {
-        return err("`.` and `..` are reserved");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return err("only ASCII letters, digits, `.`, `_` and `-` are allowed");
-    }
-    Ok(())
+    crate::topology::validate_topic_name(name).map_err(|reason| LogError::InvalidTopicName {
+        name: name.into(),
+        reason,
+    })
 }
 
 /// Partition of a keyed record (see the module documentation for the exact rule).
@@ -433,7 +418,7 @@ mod tests {
         }
         assert_eq!(
             validate_topic_name("a/b").unwrap_err().to_string(),
-            "invalid topic name \"a/b\": only ASCII letters, digits, `.`, `_` and `-` are allowed"
+            "invalid topic name \"a/b\": it contains the path separator '/'"
         );
     }
 
