@@ -59,7 +59,7 @@ proptest! {
                     prop_assert_eq!(got.end, model.len() as u64);
                 }
                 Op::Reopen => {
-                    writer = None;
+                    drop(writer.take()); // releases the partition's lock first
                     writer = Some(t.log.writer("m", 0, OPTS).unwrap());
                     prop_assert_eq!(writer.as_ref().unwrap().next_offset(), model.len() as u64);
                 }
