@@ -14,8 +14,8 @@
 //! - An event touching an emitted session that is still remembered is late, with
 //!   `would_join` naming it (the earliest one when it touches two), even if it also
 //!   touches an open session: a published journey is never amended, and journeys of a
-//!   key always stay more than `gap` apart, i.e. they are exactly the sessions of the
-//!   events they contain.
+//!   key stay more than `gap` apart, i.e. they are exactly the sessions of the events
+//!   they contain (within the retention limit below).
 //! - Emitted sessions are remembered (window, id, event-id fingerprints) until
 //!   `W > end + grace + retention` (retention defaults to `gap`). As long as no event
 //!   arrives more than `grace + retention` behind the watermark, the journeys of a key
@@ -900,6 +900,23 @@ mod tests {
         assert_eq!(offsets(journeys(&out_a)[0]), vec![1, 4]);
         assert_empty(&a);
         assert_empty(&b);
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: SessionConfig =
+            serde_json::from_str(r#"{"topology":"t","sources":["a"],"gap":{"secs":60,"nanos":0}}"#)
+                .unwrap();
+        assert_eq!(
+            (c.grace, c.retention, c.max_duration),
+            (Duration::ZERO, None, None)
+        );
+        assert!(c.include_payload);
+        let err = serde_json::from_str::<SessionConfig>(
+            r#"{"topology":"t","sources":["a"],"gap":{"secs":60,"nanos":0},"gapp":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("unknown field `gapp`"), "{err}");
     }
 
     #[test]
