@@ -26,6 +26,8 @@
 //! - [`decode`]: one source record (JSON bytes) → an `Event` (key, event time, id, raw
 //!   payload) or a `DeadLetter` with a precise reason; the per-record hot path.
 //! - [`time`]: per-partition and job watermarks, partition idleness, checkpointable.
+//! - [`engine`]: the correlation operators (plain synchronous code, watermark-driven)
+//!   and the output records they produce: journeys, late-arrival reports, duplicates.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -36,6 +38,7 @@
 pub mod cli;
 pub mod datagen;
 pub mod decode;
+pub mod engine;
 pub mod log;
 pub mod time;
 pub mod topology;

@@ -1,0 +1,402 @@
+//! The correlation engine: the [`Operator`] interface every correlation kind
+//! implements, and the output records operators produce ([`Output`]) with their JSON.
+//!
+//! An operator is plain synchronous code over `&mut self`: no clock, no I/O. Event time
+//! comes from the events; the job watermark (`i64` epoch ms, `i64::MAX` = end of input,
+//! see [`crate::time`]) is passed in by the runtime. The runtime turns [`Output`]s into
+//! output-topic records via their `to_json` methods.
+//!
+//! Invariants every operator keeps (docs/semantics.md):
+//! - Accounting: every event given to [`Operator::on_event`] ends in exactly one of a
+//!   correlation record's events, one [`LateArrival`], one [`Output::Duplicate`].
+//! - Determinism: the outputs depend only on the sequence of calls (events and
+//!   watermarks), never on hashing order, a clock or the number of shards.
+//! - Record ids ([`JourneyId`]) are a hash of the topology name, the key and the
+//!   window start, so the same input gives the same ids in live runs and replays.
+//! - Rendered JSON embeds each event's payload verbatim (the decoder guarantees it is
+//!   one JSON object) and renders times as RFC 3339 UTC with milliseconds.
+
+pub mod session;
+
+use std::fmt;
+use std::hash::Hasher as _;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
+
+use crate::decode::Event;
+
+pub use session::{SessionConfig, SessionConfigError, SessionOperator};
+
+/// A correlation operator: one correlation kind of one topology.
+pub trait Operator {
+    /// Handles one decoded event. `watermark` is the job watermark when the event was
+    /// read; the operator first closes what that watermark makes due, exactly as
+    /// [`Operator::on_watermark`] would, so results do not depend on how often the
+    /// runtime calls `on_watermark`.
+    fn on_event(&mut self, event: Event, watermark: i64, out: &mut Vec<Output>);
+    /// Closes every window the watermark makes due and drops state it makes obsolete.
+    /// A watermark lower than one already seen is treated as the one already seen.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Output>);
+    /// Windows currently open (for metrics and `braid inspect`).
+    fn open_windows(&self) -> usize;
+}
+
+/// What an operator produces; the runtime later turns these into output-topic records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A closed correlation (kind `journey`).
+    Journey(Journey),
+    /// An event that arrived too late to join its correlation.
+    Late(LateArrival),
+    /// A repeated (source, id) of the same key within the state's retention: counted,
+    /// never emitted twice.
+    Duplicate {
+        source: u16,
+        partition: u32,
+        offset: u64,
+        key: String,
+        id: String,
+    },
+}
+
+/// A deterministic correlation-record id: 128 bits, rendered as 32 lower-case hex
+/// digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JourneyId(pub u128);
+
+impl JourneyId {
+    /// SipHash-1-3 (128-bit, fixed keys) of the topology name, the key and the window
+    /// start. Each string is length-prefixed so `("ab", "c")` and `("a", "bc")` differ.
+    pub fn new(topology: &str, key: &str, start: i64) -> JourneyId {
+        let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6a6f, 0x7572_6e65_795f_6964);
+        h.write(&(topology.len() as u64).to_le_bytes());
+        h.write(topology.as_bytes());
+        h.write(&(key.len() as u64).to_le_bytes());
+        h.write(key.as_bytes());
+        h.write(&start.to_le_bytes());
+        JourneyId(h.finish128().as_u128())
+    }
+}
+
+impl fmt::Display for JourneyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// An event inside a correlation record (the event minus its key, which the record
+/// carries once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEvent {
+    /// Index of the source in the topology.
+    pub source: u16,
+    pub partition: u32,
+    pub offset: u64,
+    /// Event time, epoch ms.
+    pub time: i64,
+    pub id: Option<String>,
+    /// The raw JSON object text of the record.
+    pub payload: Box<str>,
+}
+
+impl RecordEvent {
+    /// Moves the fields out of a decoded event; the key is returned separately so
+    /// nothing is copied.
+    pub fn split(event: Event) -> (String, RecordEvent) {
+        let Event {
+            source,
+            partition,
+            offset,
+            key,
+            time,
+            id,
+            payload,
+        } = event;
+        (
+            key,
+            RecordEvent {
+                source,
+                partition,
+                offset,
+                time,
+                id,
+                payload,
+            },
+        )
+    }
+
+    /// Chronological order of events in a record: time, then source index,
+    /// partition, offset.
+    pub fn order_key(&self) -> (i64, u16, u32, u64) {
+        (self.time, self.source, self.partition, self.offset)
+    }
+}
+
+/// The names of a topology's source topics, by source index; shared by every record.
+pub type Topics = Arc<[Arc<str>]>;
+
+/// A closed session: `{"kind":"journey","id","key","window":{"start","end"},
+/// "events":[{"topic","partition","offset","id","time","payload"}…],"counts":{topic: n}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journey {
+    pub id: JourneyId,
+    pub key: Arc<str>,
+    /// Window start (first event time), epoch ms, inclusive.
+    pub start: i64,
+    /// Window end (last event time + gap), epoch ms, exclusive.
+    pub end: i64,
+    /// In chronological order ([`RecordEvent::order_key`]).
+    pub events: Vec<RecordEvent>,
+    /// Source topic names, to render `topic` and `counts`.
+    pub topics: Topics,
+    /// Whether `to_json` embeds each event's payload.
+    pub include_payload: bool,
+}
+
+impl Journey {
+    /// The journey output record (see the type's doc). `counts` lists every source
+    /// topic in source order, zeros included, so its shape does not depend on the
+    /// data.
+    pub fn to_json(&self) -> Vec<u8> {
+        let payload_bytes: usize = if self.include_payload {
+            self.events.iter().map(|e| e.payload.len()).sum()
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(160 + self.events.len() * 128 + payload_bytes);
+        out.extend_from_slice(b"{\"kind\":\"journey\",\"id\":\"");
+        let _ = write!(out, "{}", self.id);
+        out.extend_from_slice(b"\",\"key\":");
+        push_json_str(&mut out, &self.key);
+        out.extend_from_slice(b",\"window\":{\"start\":");
+        push_json_time(&mut out, self.start);
+        out.extend_from_slice(b",\"end\":");
+        push_json_time(&mut out, self.end);
+        out.extend_from_slice(b"},\"events\":[");
+        for (i, e) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"topic\":");
+            push_json_str(&mut out, &topic_name(&self.topics, e.source));
+            let _ = write!(
+                out,
+                ",\"partition\":{},\"offset\":{},\"id\":",
+                e.partition, e.offset
+            );
+            match &e.id {
+                Some(id) => push_json_str(&mut out, id),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"time\":");
+            push_json_time(&mut out, e.time);
+            if self.include_payload {
+                out.extend_from_slice(b",\"payload\":");
+                out.extend_from_slice(e.payload.as_bytes());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"counts\":{");
+        // Sources are few; a topic named twice (rejected by topology validation) is
+        // summed under its first position rather than repeated as a JSON member.
+        let mut first = true;
+        for (index, topic) in self.topics.iter().enumerate() {
+            if self.topics[..index].contains(topic) {
+                continue;
+            }
+            let n = self
+                .events
+                .iter()
+                .filter(|e| self.topics.get(usize::from(e.source)) == Some(topic))
+                .count();
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            push_json_str(&mut out, topic);
+            let _ = write!(out, ":{n}");
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+/// An event that could not join its correlation because the watermark had passed:
+/// `{"kind":"late_arrival","topic","partition","offset","key","id","time",
+/// "watermark","lateness_ms","would_join"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateArrival {
+    pub topic: Arc<str>,
+    pub source: u16,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub id: Option<String>,
+    /// Event time, epoch ms.
+    pub time: i64,
+    /// The job watermark when the event arrived (`i64::MAX` after end of input).
+    pub watermark: i64,
+    /// How far the watermark was past the last moment the event could still have
+    /// been accepted (always ≥ 1 ms; the operator defines that moment).
+    pub lateness_ms: i64,
+    /// The already-emitted record the event would have joined, when known.
+    pub would_join: Option<JourneyId>,
+}
+
+impl LateArrival {
+    /// The late-arrival output record (see the type's doc). After end of input
+    /// (`watermark == i64::MAX`) `watermark` and `lateness_ms` are `null`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"kind\":\"late_arrival\",\"topic\":");
+        push_json_str(&mut out, &self.topic);
+        let _ = write!(
+            out,
+            ",\"partition\":{},\"offset\":{},\"key\":",
+            self.partition, self.offset
+        );
+        push_json_str(&mut out, &self.key);
+        out.extend_from_slice(b",\"id\":");
+        match &self.id {
+            Some(id) => push_json_str(&mut out, id),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"time\":");
+        push_json_time(&mut out, self.time);
+        out.extend_from_slice(b",\"watermark\":");
+        if self.watermark == i64::MAX {
+            out.extend_from_slice(b"null,\"lateness_ms\":null");
+        } else {
+            push_json_time(&mut out, self.watermark);
+            let _ = write!(out, ",\"lateness_ms\":{}", self.lateness_ms);
+        }
+        out.extend_from_slice(b",\"would_join\":");
+        match self.would_join {
+            Some(id) => {
+                let _ = write!(out, "\"{id}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// The topic of a source index; an index the topology does not have (a runtime bug,
+/// never bad data) is named `#N` rather than panicking.
+fn topic_name(topics: &Topics, source: u16) -> std::borrow::Cow<'_, str> {
+    match topics.get(usize::from(source)) {
+        Some(t) => std::borrow::Cow::Borrowed(t),
+        None => std::borrow::Cow::Owned(format!("#{source}")),
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends an epoch-ms time as a quoted RFC 3339 UTC string with milliseconds. Times
+/// outside chrono's range (not produced by the decoder) are rendered as the number.
+fn push_json_time(out: &mut Vec<u8>, ms: i64) {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => {
+            let _ = write!(out, "\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        }
+        None => {
+            let _ = write!(out, "{ms}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journey_id_is_stable_and_separates_fields() {
+        let id = JourneyId::new("customer-journey", "c-1", 1_767_600_000_000);
+        assert_eq!(
+            id,
+            JourneyId::new("customer-journey", "c-1", 1_767_600_000_000)
+        );
+        assert_eq!(id.to_string().len(), 32);
+        assert_ne!(JourneyId::new("ab", "c", 0), JourneyId::new("a", "bc", 0));
+        assert_ne!(
+            id,
+            JourneyId::new("customer-journey", "c-1", 1_767_600_000_001)
+        );
+        // Pinned so a change of the hash (which would change every published id) is
+        // noticed.
+        assert_eq!(JourneyId::new("t", "k", 0).to_string(), JOURNEY_ID_T_K_0);
+    }
+
+    const JOURNEY_ID_T_K_0: &str = "6554f0da4c42a10e907c9238bc7e595f";
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = Vec::new();
+        push_json_str(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(String::from_utf8(out).unwrap(), r#""a\"b\\c\nd\u0001é""#);
+        let value: serde_json::Value = serde_json::from_str(r#""a\"b\\c\nd\u0001é""#).unwrap();
+        assert_eq!(value, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn times_render_as_rfc3339_millis_utc() {
+        let mut out = Vec::new();
+        push_json_time(&mut out, 1_767_600_000_123);
+        push_json_time(&mut out, -1);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#""2026-01-05T08:00:00.123Z""1969-12-31T23:59:59.999Z""#
+        );
+    }
+
+    #[test]
+    fn late_arrival_after_end_of_input_has_null_watermark() {
+        let late = LateArrival {
+            topic: "a".into(),
+            source: 0,
+            partition: 1,
+            offset: 2,
+            key: "k".into(),
+            id: None,
+            time: 0,
+            watermark: i64::MAX,
+            lateness_ms: i64::MAX,
+            would_join: None,
+        };
+        assert_eq!(
+            String::from_utf8(late.to_json()).unwrap(),
+            r#"{"kind":"late_arrival","topic":"a","partition":1,"offset":2,"key":"k","id":null,"time":"1970-01-01T00:00:00.000Z","watermark":null,"lateness_ms":null,"would_join":null}"#
+        );
+    }
+}

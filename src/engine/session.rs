@@ -1,0 +1,1230 @@
+//! The `session` correlation kind (customer journeys): per key, all sources merged,
+//! a session is a maximal run of events whose consecutive event times are at most
+//! `gap` apart; its window is `[first time, last time + gap)`.
+//!
+//! Rules (docs/semantics.md, "Correlation: session", gives the reasons):
+//! - The watermark `W` means every event older than `W` has arrived; an event at
+//!   exactly `W` is on time. A session can still be joined by an event at its window
+//!   end (exactly `gap` apart joins), so it closes — one journey, state dropped — once
+//!   `W > end + grace`; `W = i64::MAX` (end of input) closes everything.
+//! - An event joins every open session of its key it touches (`first − gap ≤ t ≤
+//!   last + gap`), merging two of them when it bridges them; such an event is never
+//!   late, however old. An event touching no open session starts one, unless that new
+//!   session would already be due: then it is late.
+//! - An event touching an emitted session that is still remembered is late, with
+//!   `would_join` naming it (the earliest one when it touches two), even if it also
+//!   touches an open session: a published journey is never amended, and journeys of a
+//!   key stay more than `gap` apart, i.e. they are exactly the sessions of the events
+//!   they contain (within the retention limit below).
+//! - Emitted sessions are remembered (window, id, event-id fingerprints) until
+//!   `W > end + grace + retention` (retention defaults to `gap`). As long as no event
+//!   arrives more than `grace + retention` behind the watermark, the journeys of a key
+//!   are exactly the sessions of the events they contain. Beyond that an old event
+//!   that touches an open session still joins it (Flink's rule for merging windows),
+//!   even if it also touches a forgotten journey.
+//! - De-duplication: a (source, id) already accepted into an open or remembered
+//!   session of the same key is a duplicate. It is checked before lateness.
+//! - Watermark work touches only due sessions: two ordered timer sets, never a scan
+//!   of the keys. Per-key state is a [`KeyState`] (serde) that a state store can
+//!   persist and [`SessionOperator::restore_key`] can load back.
+//! - Emission order on one watermark: by (window end, key, window start).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hasher as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
+
+use super::{Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics};
+use crate::decode::Event;
+
+/// Longest accepted `gap`, `grace` or `retention`: 100 years. Event times stay within
+/// years 0000 to 9999, so `time + gap + grace + retention` can never overflow.
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn default_true() -> bool {
+    true
+}
+
+/// The `session` correlation of one topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// The topology's name; part of every journey id.
+    pub topology: String,
+    /// The topic of each source, by source index.
+    pub sources: Vec<String>,
+    /// Largest distance between consecutive events of one session (whole ms).
+    pub gap: Duration,
+    /// How long past its window end a session waits for out-of-order events.
+    #[serde(default)]
+    pub grace: Duration,
+    /// How long past its close (watermark > end + grace) an emitted session is
+    /// remembered for late reports (`would_join`) and de-duplication; default `gap`.
+    /// Journeys are exactly the sessions of their events as long as no event arrives
+    /// more than `grace + retention` behind the watermark.
+    #[serde(default)]
+    pub retention: Option<Duration>,
+    /// Not supported yet: `build` rejects it rather than ignoring it.
+    #[serde(default)]
+    pub max_duration: Option<Duration>,
+    /// Whether journeys embed each event's payload.
+    #[serde(default = "default_true")]
+    pub include_payload: bool,
+}
+
+/// An invalid session configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionConfigError {
+    #[error("topology `{topology}`, correlation session: `gap` must be at least 1ms, got {got:?}")]
+    GapTooSmall { topology: String, got: Duration },
+    #[error(
+        "topology `{topology}`, correlation session: `{field}` must be at most 100 years, got {got:?}"
+    )]
+    TooLong {
+        topology: String,
+        field: &'static str,
+        got: Duration,
+    },
+    #[error(
+        "topology `{topology}`, correlation session: `max_duration` is not supported yet; remove it"
+    )]
+    MaxDurationUnsupported { topology: String },
+    #[error("topology `{topology}`, correlation session: {count} sources, expected 1 to 65536")]
+    SourceCount { topology: String, count: usize },
+}
+
+impl SessionConfig {
+    /// Checks the configuration and makes the operator. Sub-millisecond parts of
+    /// durations are dropped (event times are whole milliseconds).
+    pub fn build(self) -> Result<SessionOperator, SessionConfigError> {
+        let topology = &self.topology;
+        if self.gap.as_millis() == 0 {
+            return Err(SessionConfigError::GapTooSmall {
+                topology: topology.clone(),
+                got: self.gap,
+            });
+        }
+        let retention = self.retention.unwrap_or(self.gap);
+        for (field, got) in [
+            ("gap", self.gap),
+            ("grace", self.grace),
+            ("retention", retention),
+        ] {
+            if got > MAX_SESSION_DURATION {
+                return Err(SessionConfigError::TooLong {
+                    topology: topology.clone(),
+                    field,
+                    got,
+                });
+            }
+        }
+        if self.max_duration.is_some() {
+            return Err(SessionConfigError::MaxDurationUnsupported {
+                topology: topology.clone(),
+            });
+        }
+        if self.sources.is_empty() || self.sources.len() > usize::from(u16::MAX) + 1 {
+            return Err(SessionConfigError::SourceCount {
+                topology: topology.clone(),
+                count: self.sources.len(),
+            });
+        }
+        // Both bounded by MAX_SESSION_DURATION above, so the casts are exact.
+        let gap = self.gap.as_millis() as i64;
+        let grace = self.grace.as_millis() as i64;
+        let retention = self.retention.map_or(gap, |r| r.as_millis() as i64);
+        Ok(SessionOperator {
+            topics: self.sources.into_iter().map(Arc::from).collect(),
+            topology: self.topology.into(),
+            gap,
+            grace,
+            retention,
+            include_payload: self.include_payload,
+            watermark: i64::MIN,
+            keys: HashMap::new(),
+            closes: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+        })
+    }
+}
+
+/// An open session: `first ≤ last`, events in arrival order (sorted when emitted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession {
+    pub first: i64,
+    pub last: i64,
+    pub events: Vec<RecordEvent>,
+}
+
+/// What is remembered of an emitted session, for late arrivals and de-duplication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmittedSession {
+    pub first: i64,
+    pub last: i64,
+    pub id: JourneyId,
+    /// Forgotten once the watermark is past this (re-checked then, see module doc).
+    pub forget_after: i64,
+    /// Fingerprints of the (source, id) of its events, removed from `seen` with it.
+    pub fingerprints: Vec<u128>,
+}
+
+/// Everything the operator keeps for one key.
+///
+/// Invariants: `open` and `emitted` are each sorted by `first`; any two sessions of
+/// either list are more than `gap` apart; `seen` holds exactly the fingerprints of the
+/// events with an id in `open` and `emitted`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    pub open: Vec<OpenSession>,
+    pub emitted: Vec<EmittedSession>,
+    pub seen: HashSet<u128>,
+}
+
+/// A timer: (deadline, key, session first time). Ordered by deadline first, which
+/// for close timers (`end + grace`, grace fixed) is the required emission order.
+type Timer = (i64, Arc<str>, i64);
+
+/// The running session operator; see the module doc for its rules.
+#[derive(Debug)]
+pub struct SessionOperator {
+    topology: Box<str>,
+    topics: Topics,
+    gap: i64,
+    grace: i64,
+    retention: i64,
+    include_payload: bool,
+    /// Highest watermark seen; `i64::MIN` before the first.
+    watermark: i64,
+    keys: HashMap<Arc<str>, KeyState>,
+    /// One per open session: (last + gap + grace, key, first).
+    closes: BTreeSet<Timer>,
+    /// One per remembered emitted session: (forget_after, key, first).
+    expiries: BTreeSet<Timer>,
+}
+
+/// Whether the watermark is past a deadline (see the module doc for why strictly).
+fn passed(deadline: i64, watermark: i64) -> bool {
+    deadline < watermark || watermark == i64::MAX
+}
+
+/// A 128-bit fingerprint of (source, event id), so de-duplication keeps 16 bytes per
+/// event instead of a copy of the id. Distinct ids collide with probability 2⁻¹²⁸.
+fn fingerprint(source: u16, id: &str) -> u128 {
+    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
+    h.write(&source.to_le_bytes());
+    h.write(id.as_bytes());
+    h.finish128().as_u128()
+}
+
+impl SessionOperator {
+    /// The highest watermark seen.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Keys that have any state (open or remembered sessions).
+    pub fn keys_with_state(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Emitted sessions still remembered for late arrivals and duplicates.
+    pub fn remembered_sessions(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// The state of one key, for a state store to persist.
+    pub fn key_state(&self, key: &str) -> Option<&KeyState> {
+        self.keys.get(key)
+    }
+
+    /// Loads a key's persisted state (replacing any it has) and rebuilds its timers.
+    pub fn restore_key(&mut self, key: &str, state: KeyState) {
+        let key: Arc<str> = Arc::from(key);
+        if let Some(old) = self.keys.remove(&key) {
+            for s in &old.open {
+                self.closes
+                    .remove(&(self.close_at(s.last), key.clone(), s.first));
+            }
+            for s in &old.emitted {
+                self.expiries
+                    .remove(&(s.forget_after, key.clone(), s.first));
+            }
+        }
+        for s in &state.open {
+            self.closes
+                .insert((self.close_at(s.last), key.clone(), s.first));
+        }
+        for s in &state.emitted {
+            self.expiries.insert((s.forget_after, key.clone(), s.first));
+        }
+        if !state.open.is_empty() || !state.emitted.is_empty() {
+            self.keys.insert(key, state);
+        }
+    }
+
+    fn close_at(&self, last: i64) -> i64 {
+        last.saturating_add(self.gap).saturating_add(self.grace)
+    }
+
+    fn late(
+        &self,
+        event: Event,
+        deadline: i64,
+        would_join: Option<JourneyId>,
+        out: &mut Vec<Output>,
+    ) {
+        let topic = match self.topics.get(usize::from(event.source)) {
+            Some(t) => t.clone(),
+            None => Arc::from(format!("#{}", event.source)),
+        };
+        out.push(Output::Late(LateArrival {
+            topic,
+            source: event.source,
+            partition: event.partition,
+            offset: event.offset,
+            key: event.key,
+            id: event.id,
+            time: event.time,
+            watermark: self.watermark,
+            lateness_ms: self.watermark.saturating_sub(deadline),
+            would_join,
+        }));
+    }
+
+    /// Emits the open session of `key` starting at `first` (its close timer has just
+    /// been taken) and starts remembering it.
+    fn emit(&mut self, key: Arc<str>, first: i64, out: &mut Vec<Output>) {
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let Ok(i) = state.open.binary_search_by_key(&first, |s| s.first) else {
+            return;
+        };
+        let mut session = state.open.remove(i);
+        session.events.sort_unstable_by_key(RecordEvent::order_key);
+        let id = JourneyId::new(&self.topology, &key, first);
+        let end = session.last.saturating_add(self.gap);
+        let forget_after = end
+            .saturating_add(self.grace)
+            .saturating_add(self.retention);
+        let fingerprints = session
+            .events
+            .iter()
+            .filter_map(|e| e.id.as_deref().map(|id| fingerprint(e.source, id)))
+            .collect();
+        let at = state.emitted.partition_point(|s| s.first < first);
+        state.emitted.insert(
+            at,
+            EmittedSession {
+                first,
+                last: session.last,
+                id,
+                forget_after,
+                fingerprints,
+            },
+        );
+        self.expiries.insert((forget_after, key.clone(), first));
+        out.push(Output::Journey(Journey {
+            id,
+            key,
+            start: first,
+            end,
+            events: session.events,
+            topics: self.topics.clone(),
+            include_payload: self.include_payload,
+        }));
+    }
+
+    /// Forgets the emitted session of `key` starting at `first` (its expiry timer has
+    /// just been taken), and the key when nothing else is left of it.
+    fn forget(&mut self, key: Arc<str>, first: i64) {
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let Ok(i) = state.emitted.binary_search_by_key(&first, |s| s.first) else {
+            return;
+        };
+        let session = state.emitted.remove(i);
+        for fp in &session.fingerprints {
+            state.seen.remove(fp);
+        }
+        if state.open.is_empty() && state.emitted.is_empty() {
+            self.keys.remove(&key);
+        }
+    }
+}
+
+impl Operator for SessionOperator {
+    fn on_event(&mut self, event: Event, watermark: i64, out: &mut Vec<Output>) {
+        self.on_watermark(watermark, out);
+        let (gap, grace, wm) = (self.gap, self.grace, self.watermark);
+        let t = event.time;
+        let own_deadline = t.saturating_add(gap).saturating_add(grace);
+        let fp = event.id.as_deref().map(|id| fingerprint(event.source, id));
+
+        let Some(key) = self
+            .keys
+            .get_key_value(event.key.as_str())
+            .map(|(k, _)| k.clone())
+        else {
+            // First event of a key (or of a key whose state was all dropped).
+            if passed(own_deadline, wm) {
+                return self.late(event, own_deadline, None, out);
+            }
+            let (key, record) = RecordEvent::split(event);
+            let key: Arc<str> = Arc::from(key);
+            let mut state = KeyState::default();
+            state.seen.extend(fp);
+            state.open.push(OpenSession {
+                first: t,
+                last: t,
+                events: vec![record],
+            });
+            self.closes.insert((own_deadline, key.clone(), t));
+            self.keys.insert(key, state);
+            return;
+        };
+        let Some(state) = self.keys.get_mut(&key) else {
+            return self.late(event, own_deadline, None, out);
+        };
+
+        if let Some(fp) = fp
+            && state.seen.contains(&fp)
+        {
+            let Event {
+                source,
+                partition,
+                offset,
+                key,
+                id,
+                ..
+            } = event;
+            out.push(Output::Duplicate {
+                source,
+                partition,
+                offset,
+                key,
+                id: id.unwrap_or_default(),
+            });
+            return;
+        }
+
+        let close_at = |last: i64| last.saturating_add(gap).saturating_add(grace);
+        let touches =
+            |first: i64, last: i64| first.saturating_sub(gap) <= t && t <= last.saturating_add(gap);
+        let e = state
+            .emitted
+            .partition_point(|s| s.last.saturating_add(gap) < t);
+        if let Some(emitted) = state.emitted.get(e)
+            && touches(emitted.first, emitted.last)
+        {
+            // The earliest session it touches: had the event come in time, the merged
+            // session would have started there and kept that session's id.
+            let (id, deadline) = (emitted.id, close_at(emitted.last));
+            return self.late(event, deadline, Some(id), out);
+        }
+
+        let i = state
+            .open
+            .partition_point(|s| s.last.saturating_add(gap) < t);
+        let joins = state.open.get(i).is_some_and(|s| touches(s.first, s.last));
+        if !joins {
+            if passed(own_deadline, wm) {
+                return self.late(event, own_deadline, None, out);
+            }
+            let (_, record) = RecordEvent::split(event);
+            state.seen.extend(fp);
+            state.open.insert(
+                i,
+                OpenSession {
+                    first: t,
+                    last: t,
+                    events: vec![record],
+                },
+            );
+            self.closes.insert((own_deadline, key, t));
+            return;
+        }
+
+        let bridges = state
+            .open
+            .get(i + 1)
+            .is_some_and(|s| touches(s.first, s.last));
+        let (old_first, old_last) = (state.open[i].first, state.open[i].last);
+        if bridges {
+            let next = state.open.remove(i + 1);
+            self.closes
+                .remove(&(close_at(next.last), key.clone(), next.first));
+            let session = &mut state.open[i];
+            session.last = next.last;
+            session.events.extend(next.events);
+        }
+        let (_, record) = RecordEvent::split(event);
+        state.seen.extend(fp);
+        let session = &mut state.open[i];
+        session.first = session.first.min(t);
+        session.last = session.last.max(t);
+        session.events.push(record);
+        if (session.first, session.last) != (old_first, old_last) {
+            let new_timer = (close_at(session.last), key.clone(), session.first);
+            self.closes.remove(&(close_at(old_last), key, old_first));
+            self.closes.insert(new_timer);
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Output>) {
+        self.watermark = self.watermark.max(watermark);
+        let wm = self.watermark;
+        // Closes first: a session emitted here may be forgotten in the same pass
+        // (always at end of input).
+        while self.closes.first().is_some_and(|t| passed(t.0, wm)) {
+            let Some((_, key, first)) = self.closes.pop_first() else {
+                break;
+            };
+            self.emit(key, first, out);
+        }
+        while self.expiries.first().is_some_and(|t| passed(t.0, wm)) {
+            let Some((_, key, first)) = self.expiries.pop_first() else {
+                break;
+            };
+            self.forget(key, first);
+        }
+    }
+
+    fn open_windows(&self) -> usize {
+        self.closes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TOPOLOGY: &str = "customer-journey";
+
+    fn config(gap_ms: u64, grace_ms: u64) -> SessionConfig {
+        SessionConfig {
+            topology: TOPOLOGY.into(),
+            sources: vec![
+                "page.viewed".into(),
+                "cart.updated".into(),
+                "order.placed".into(),
+            ],
+            gap: Duration::from_millis(gap_ms),
+            grace: Duration::from_millis(grace_ms),
+            retention: None,
+            max_duration: None,
+            include_payload: true,
+        }
+    }
+
+    fn op(gap_ms: u64, grace_ms: u64) -> SessionOperator {
+        config(gap_ms, grace_ms).build().unwrap()
+    }
+
+    fn op_retaining(gap_ms: u64, grace_ms: u64, retention_ms: u64) -> SessionOperator {
+        let mut c = config(gap_ms, grace_ms);
+        c.retention = Some(Duration::from_millis(retention_ms));
+        c.build().unwrap()
+    }
+
+    fn ev(source: u16, offset: u64, key: &str, time: i64, id: Option<&str>) -> Event {
+        Event {
+            source,
+            partition: 0,
+            offset,
+            key: key.into(),
+            time,
+            id: id.map(Into::into),
+            payload: format!("{{\"o\":{offset}}}").into(),
+        }
+    }
+
+    fn journeys(out: &[Output]) -> Vec<&Journey> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Journey(j) => Some(j),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lates(out: &[Output]) -> Vec<&LateArrival> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Late(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn offsets(j: &Journey) -> Vec<u64> {
+        j.events.iter().map(|e| e.offset).collect()
+    }
+
+    fn assert_empty(op: &SessionOperator) {
+        assert_eq!(op.keys_with_state(), 0);
+        assert_eq!(op.open_windows(), 0);
+        assert_eq!(op.remembered_sessions(), 0);
+    }
+
+    #[test]
+    fn events_exactly_gap_apart_join_and_one_more_splits() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "k", 110, None), 100, &mut out);
+        op.on_event(ev(0, 2, "k", 121, None), 110, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!(js.len(), 2);
+        assert_eq!(
+            (js[0].start, js[0].end, offsets(js[0])),
+            (100, 120, vec![0, 1])
+        );
+        assert_eq!(
+            (js[1].start, js[1].end, offsets(js[1])),
+            (121, 131, vec![2])
+        );
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn closes_only_once_the_watermark_is_past_end_plus_grace() {
+        let mut op = op(10, 5);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_watermark(115, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(op.open_windows(), 1);
+        // An event at exactly the window end still joins at watermark 115.
+        op.on_event(ev(0, 1, "k", 110, None), 115, &mut out);
+        op.on_watermark(125, &mut out);
+        assert!(out.is_empty());
+        op.on_watermark(126, &mut out);
+        let js = journeys(&out);
+        assert_eq!(
+            (js[0].start, js[0].end, offsets(js[0])),
+            (100, 120, vec![0, 1])
+        );
+    }
+
+    #[test]
+    fn bridging_event_merges_two_open_sessions() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(1, 0, "k", 120, None), i64::MIN, &mut out);
+        assert_eq!(op.open_windows(), 2);
+        op.on_event(ev(2, 0, "k", 110, None), i64::MIN, &mut out);
+        assert_eq!(op.open_windows(), 1);
+        op.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!(js.len(), 1);
+        assert_eq!((js[0].start, js[0].end), (100, 130));
+        let sources: Vec<u16> = js[0].events.iter().map(|e| e.source).collect();
+        assert_eq!(sources, vec![0, 2, 1]);
+    }
+
+    #[test]
+    fn event_older_than_watermark_joining_an_open_session_is_not_late() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "k", 108, None), i64::MIN, &mut out);
+        // Watermark 115: window [100, 118) still open; an event at 95 joins it.
+        op.on_event(ev(0, 2, "k", 95, None), 115, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!(js.len(), 1);
+        assert_eq!((js[0].start, offsets(js[0])), (95, vec![2, 0, 1]));
+        assert!(lates(&out).is_empty());
+    }
+
+    #[test]
+    fn identical_times_are_ordered_by_source_partition_offset() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        let mut a = ev(2, 5, "k", 100, None);
+        a.partition = 1;
+        let mut b = ev(0, 9, "k", 100, None);
+        b.partition = 3;
+        let mut c = ev(0, 2, "k", 100, None);
+        c.partition = 3;
+        let d = ev(1, 1, "k", 100, None);
+        for e in [a, b, c, d] {
+            op.on_event(e, i64::MIN, &mut out);
+        }
+        op.on_watermark(i64::MAX, &mut out);
+        let order: Vec<(u16, u32, u64)> = journeys(&out)[0]
+            .events
+            .iter()
+            .map(|e| (e.source, e.partition, e.offset))
+            .collect();
+        assert_eq!(order, vec![(0, 3, 2), (0, 3, 9), (1, 0, 1), (2, 1, 5)]);
+    }
+
+    #[test]
+    fn late_event_bridging_two_emitted_sessions_names_the_earlier() {
+        let mut op = op_retaining(10, 0, 50);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "k", 120, None), i64::MIN, &mut out);
+        op.on_watermark(131, &mut out);
+        let ids: Vec<JourneyId> = journeys(&out).iter().map(|j| j.id).collect();
+        assert_eq!(ids.len(), 2);
+        out.clear();
+        op.on_event(ev(1, 7, "k", 110, Some("x")), 131, &mut out);
+        assert_eq!(
+            out,
+            vec![Output::Late(LateArrival {
+                topic: "cart.updated".into(),
+                source: 1,
+                partition: 0,
+                offset: 7,
+                key: "k".into(),
+                id: Some("x".into()),
+                time: 110,
+                watermark: 131,
+                // The first session closed once the watermark passed 110.
+                lateness_ms: 21,
+                would_join: Some(ids[0]),
+            })]
+        );
+        op.on_watermark(i64::MAX, &mut out);
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn event_touching_a_remembered_session_is_late_even_when_its_own_window_is_not() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_watermark(111, &mut out);
+        let id = journeys(&out)[0].id;
+        out.clear();
+        // Own window [108, 118) is not due at 111, but it would have joined [100, 110).
+        op.on_event(ev(0, 1, "k", 108, None), 111, &mut out);
+        let l = lates(&out);
+        assert_eq!(
+            (l.len(), l[0].would_join, l[0].lateness_ms),
+            (1, Some(id), 1)
+        );
+        out.clear();
+        // After the memory (gap past the close) an event there opens a new session
+        // only if not due itself; this one is due, so it is late without would_join.
+        op.on_watermark(121, &mut out);
+        assert_eq!(op.remembered_sessions(), 0);
+        op.on_event(ev(0, 2, "k", 105, None), 121, &mut out);
+        let l = lates(&out);
+        assert_eq!((l[0].would_join, l[0].lateness_ms), (None, 6));
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn beyond_retention_an_old_event_joins_the_open_session_it_touches() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        // [100, 110) closes after 110 and is forgotten after 120 (retention = gap).
+        op.on_event(ev(0, 1, "k", 118, None), 121, &mut out);
+        assert_eq!(op.remembered_sessions(), 0);
+        // 11 behind the watermark, more than grace + retention: it would have joined
+        // the forgotten journey, but it touches the open [118, 128) and joins it.
+        op.on_event(ev(0, 2, "k", 109, None), 121, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        let windows: Vec<(i64, i64, Vec<u64>)> = journeys(&out)
+            .iter()
+            .map(|j| (j.start, j.end, offsets(j)))
+            .collect();
+        assert_eq!(windows, vec![(100, 110, vec![0]), (109, 128, vec![2, 1])]);
+    }
+
+    #[test]
+    fn duplicates_are_counted_while_their_session_is_remembered() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, Some("a")), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "k", 100, Some("a")), i64::MIN, &mut out);
+        // Same id on another source or key is not a duplicate.
+        op.on_event(ev(1, 2, "k", 101, Some("a")), i64::MIN, &mut out);
+        op.on_event(ev(0, 3, "j", 100, Some("a")), i64::MIN, &mut out);
+        op.on_watermark(111, &mut out);
+        op.on_event(ev(0, 4, "k", 100, Some("a")), 111, &mut out);
+        let dups: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Duplicate { offset, id, .. } => {
+                    assert_eq!(id, "a");
+                    Some(*offset)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dups, vec![1, 4]);
+        out.clear();
+        op.on_watermark(122, &mut out);
+        op.on_event(ev(0, 5, "k", 100, Some("a")), 122, &mut out);
+        assert_eq!(lates(&out).len(), 1);
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn emission_order_is_end_key_start_and_state_empties_at_end_of_input() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        for (o, key, t) in [(0, "b", 100), (1, "a", 100), (2, "a", 50), (3, "c", 90)] {
+            op.on_event(ev(0, o, key, t, None), i64::MIN, &mut out);
+        }
+        assert_eq!(op.open_windows(), 4);
+        op.on_watermark(i64::MAX, &mut out);
+        let order: Vec<(i64, &str, i64)> = journeys(&out)
+            .iter()
+            .map(|j| (j.end, &*j.key, j.start))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (60, "a", 50),
+                (100, "c", 90),
+                (110, "a", 100),
+                (110, "b", 100)
+            ]
+        );
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn journey_json_shape() {
+        let mut op = op(1_800_000, 0);
+        let mut out = Vec::new();
+        let t0 = 1_767_600_000_000;
+        let mut a = ev(0, 3, "c-1", t0, Some("e1"));
+        a.payload = r#"{"customer_id":"c-1","ts":1767600000000}"#.into();
+        let mut b = ev(2, 4, "c-1", t0 + 60_000, None);
+        b.partition = 1;
+        b.payload = r#"{"customer_id":"c-1","total":9.5}"#.into();
+        op.on_event(b, i64::MIN, &mut out);
+        op.on_event(a, i64::MIN, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        let j = journeys(&out)[0];
+        let id = JourneyId::new(TOPOLOGY, "c-1", t0);
+        assert_eq!(j.id, id);
+        let expected = format!(
+            concat!(
+                r#"{{"kind":"journey","id":"{}","key":"c-1","#,
+                r#""window":{{"start":"2026-01-05T08:00:00.000Z","end":"2026-01-05T08:31:00.000Z"}},"#,
+                r#""events":[{{"topic":"page.viewed","partition":0,"offset":3,"id":"e1","#,
+                r#""time":"2026-01-05T08:00:00.000Z","payload":{{"customer_id":"c-1","ts":1767600000000}}}},"#,
+                r#"{{"topic":"order.placed","partition":1,"offset":4,"id":null,"#,
+                r#""time":"2026-01-05T08:01:00.000Z","payload":{{"customer_id":"c-1","total":9.5}}}}],"#,
+                r#""counts":{{"page.viewed":1,"cart.updated":0,"order.placed":1}}}}"#
+            ),
+            id
+        );
+        assert_eq!(String::from_utf8(j.to_json()).unwrap(), expected);
+        let mut without = j.clone();
+        without.include_payload = false;
+        let value: serde_json::Value = serde_json::from_slice(&without.to_json()).unwrap();
+        assert_eq!(value["events"][0].get("payload"), None);
+        assert_eq!(value["events"][1]["topic"], "order.placed");
+    }
+
+    #[test]
+    fn late_arrival_json_shape() {
+        let late = LateArrival {
+            topic: "cart.updated".into(),
+            source: 1,
+            partition: 2,
+            offset: 41,
+            key: "c-\"7\"".into(),
+            id: Some("e-9".into()),
+            time: 1_767_600_000_000,
+            watermark: 1_767_603_600_250,
+            lateness_ms: 1_800_250,
+            would_join: Some(JourneyId(0xabc)),
+        };
+        assert_eq!(
+            String::from_utf8(late.to_json()).unwrap(),
+            concat!(
+                r#"{"kind":"late_arrival","topic":"cart.updated","partition":2,"offset":41,"#,
+                r#""key":"c-\"7\"","id":"e-9","time":"2026-01-05T08:00:00.000Z","#,
+                r#""watermark":"2026-01-05T09:00:00.250Z","lateness_ms":1800250,"#,
+                r#""would_join":"00000000000000000000000000000abc"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn watermark_never_goes_back() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        op.on_watermark(500, &mut out);
+        op.on_event(ev(0, 0, "k", 100, None), 0, &mut out);
+        assert_eq!(op.watermark(), 500);
+        assert_eq!(lates(&out)[0].watermark, 500);
+    }
+
+    #[test]
+    fn key_state_round_trips_through_serde_and_restore() {
+        let mut a = op(10, 0);
+        let mut b = op(10, 0);
+        let mut out = Vec::new();
+        for (o, t) in [(0, 100), (1, 130), (2, 105)] {
+            a.on_event(ev(0, o, "k", t, Some(&o.to_string())), i64::MIN, &mut out);
+        }
+        a.on_watermark(116, &mut out);
+        let state = a.key_state("k").unwrap().clone();
+        let bytes = serde_json::to_vec(&state).unwrap();
+        b.on_watermark(116, &mut out);
+        b.restore_key("k", serde_json::from_slice(&bytes).unwrap());
+        let tail = |op: &mut SessionOperator| {
+            let mut out = Vec::new();
+            op.on_event(ev(0, 3, "k", 101, Some("1")), 116, &mut out);
+            op.on_event(ev(0, 4, "k", 135, None), 116, &mut out);
+            op.on_watermark(i64::MAX, &mut out);
+            out
+        };
+        let (out_a, out_b) = (tail(&mut a), tail(&mut b));
+        assert_eq!(out_a, out_b);
+        // "1" is the id of the open session's event at 130: a duplicate.
+        assert_eq!(out_a.len(), 2);
+        assert!(matches!(&out_a[0], Output::Duplicate { offset: 3, .. }));
+        assert_eq!(offsets(journeys(&out_a)[0]), vec![1, 4]);
+        assert_empty(&a);
+        assert_empty(&b);
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: SessionConfig =
+            serde_json::from_str(r#"{"topology":"t","sources":["a"],"gap":{"secs":60,"nanos":0}}"#)
+                .unwrap();
+        assert_eq!(
+            (c.grace, c.retention, c.max_duration),
+            (Duration::ZERO, None, None)
+        );
+        assert!(c.include_payload);
+        let err = serde_json::from_str::<SessionConfig>(
+            r#"{"topology":"t","sources":["a"],"gap":{"secs":60,"nanos":0},"gapp":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("unknown field `gapp`"), "{err}");
+    }
+
+    #[test]
+    fn config_errors() {
+        let mut c = config(0, 0);
+        assert_eq!(
+            c.clone().build().unwrap_err().to_string(),
+            "topology `customer-journey`, correlation session: `gap` must be at least 1ms, got 0ns"
+        );
+        c.gap = Duration::from_secs(60);
+        c.grace = MAX_SESSION_DURATION + Duration::from_secs(1);
+        assert_eq!(
+            c.clone().build().unwrap_err().to_string(),
+            "topology `customer-journey`, correlation session: `grace` must be at most 100 years, got 3153600001s"
+        );
+        c.grace = Duration::ZERO;
+        c.max_duration = Some(Duration::from_secs(3600));
+        assert_eq!(
+            c.clone().build().unwrap_err().to_string(),
+            "topology `customer-journey`, correlation session: `max_duration` is not supported yet; remove it"
+        );
+        c.max_duration = None;
+        c.sources.clear();
+        assert_eq!(
+            c.build().unwrap_err().to_string(),
+            "topology `customer-journey`, correlation session: 0 sources, expected 1 to 65536"
+        );
+    }
+
+    // ---- reference model and property tests ----
+
+    type Shape = (String, i64, i64, JourneyId, Vec<(u16, u32, u64)>);
+
+    /// Sessions of accepted events: per key, sorted chronologically, split where
+    /// consecutive times are more than `gap` apart.
+    fn model(gap: i64, events: &[Event]) -> Vec<Shape> {
+        let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+        for e in events {
+            by_key.entry(&e.key).or_default().push(e);
+        }
+        let mut sessions = Vec::new();
+        for (key, mut evs) in by_key {
+            evs.sort_by_key(|e| (e.time, e.source, e.partition, e.offset));
+            let mut current: Vec<&Event> = Vec::new();
+            for e in evs {
+                if let Some(last) = current.last()
+                    && e.time - last.time > gap
+                {
+                    sessions.push(shape(key, gap, &current));
+                    current.clear();
+                }
+                current.push(e);
+            }
+            if !current.is_empty() {
+                sessions.push(shape(key, gap, &current));
+            }
+        }
+        sessions
+    }
+
+    fn shape(key: &str, gap: i64, evs: &[&Event]) -> Shape {
+        let start = evs[0].time;
+        let end = evs[evs.len() - 1].time + gap;
+        let id = JourneyId::new(TOPOLOGY, key, start);
+        let order = evs
+            .iter()
+            .map(|e| (e.source, e.partition, e.offset))
+            .collect();
+        (key.to_string(), start, end, id, order)
+    }
+
+    fn journey_shape(j: &Journey) -> Shape {
+        let order = j
+            .events
+            .iter()
+            .map(|e| (e.source, e.partition, e.offset))
+            .collect();
+        (j.key.to_string(), j.start, j.end, j.id, order)
+    }
+
+    struct Run {
+        outputs: Vec<Output>,
+        /// The most any event was behind the watermark when it arrived.
+        max_behind: i64,
+        /// Journeys in the order emitted, grouped by call.
+        calls: Vec<Vec<Journey>>,
+    }
+
+    /// Feeds events in arrival order; the watermark after each event is the largest
+    /// time seen minus `bound`; then end of input.
+    fn run(op: &mut SessionOperator, arrivals: &[Event], bound: i64) -> Run {
+        let mut outputs = Vec::new();
+        let mut calls = Vec::new();
+        let mut wm = i64::MIN;
+        let mut max_seen = i64::MIN;
+        let mut max_behind = i64::MIN;
+        let mut collect = |out: Vec<Output>, outputs: &mut Vec<Output>| {
+            calls.push(journeys(&out).into_iter().cloned().collect::<Vec<_>>());
+            outputs.extend(out);
+        };
+        for e in arrivals {
+            max_seen = max_seen.max(e.time);
+            if wm > i64::MIN {
+                max_behind = max_behind.max(wm - e.time);
+            }
+            let mut out = Vec::new();
+            op.on_event(e.clone(), wm, &mut out);
+            collect(out, &mut outputs);
+            wm = max_seen - bound;
+            let mut out = Vec::new();
+            op.on_watermark(wm, &mut out);
+            collect(out, &mut outputs);
+        }
+        let mut out = Vec::new();
+        op.on_watermark(i64::MAX, &mut out);
+        collect(out, &mut outputs);
+        Run {
+            outputs,
+            max_behind,
+            calls,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Gen {
+        key: u8,
+        source: u16,
+        partition: u32,
+        time: i64,
+        has_id: bool,
+        duplicated: bool,
+        delay: i64,
+        dup_delay: i64,
+        late: bool,
+    }
+
+    fn gen_event() -> impl Strategy<Value = Gen> {
+        (
+            (0u8..4, 0u16..3, 0u32..2, 0i64..400),
+            (any::<bool>(), prop::bool::weighted(0.2)),
+            (0i64..1000, 0i64..1000, prop::bool::weighted(0.15)),
+        )
+            .prop_map(
+                |(
+                    (key, source, partition, time),
+                    (has_id, duplicated),
+                    (delay, dup_delay, late),
+                )| Gen {
+                    key,
+                    source,
+                    partition,
+                    time,
+                    has_id,
+                    duplicated,
+                    delay,
+                    dup_delay,
+                    late,
+                },
+            )
+    }
+
+    /// Builds the records (originals and byte-identical re-sends with their own
+    /// offsets) and their arrival order. Delays are within `bound` unless
+    /// `with_late` and the event is marked late (then up to 300 beyond it).
+    fn arrivals(gens: &[Gen], bound: i64, with_late: bool) -> Vec<Event> {
+        let mut keyed = Vec::new();
+        let mut offset = 0u64;
+        for (i, g) in gens.iter().enumerate() {
+            let delay_of = |d: i64| {
+                if with_late && g.late {
+                    bound + 1 + d % 300
+                } else {
+                    d % (bound + 1)
+                }
+            };
+            let id = g.has_id.then(|| format!("e{i}"));
+            let copies = if g.duplicated && g.has_id { 2 } else { 1 };
+            for c in 0..copies {
+                let e = Event {
+                    source: g.source,
+                    partition: g.partition,
+                    offset,
+                    key: format!("k{}", g.key),
+                    time: g.time,
+                    id: id.clone(),
+                    payload: "{}".into(),
+                };
+                let delay = delay_of(if c == 0 { g.delay } else { g.dup_delay });
+                keyed.push((g.time + delay, offset, e));
+                offset += 1;
+            }
+        }
+        keyed.sort_by_key(|(at, o, _)| (*at, *o));
+        keyed.into_iter().map(|(_, _, e)| e).collect()
+    }
+
+    /// Every record ends in exactly one journey, late report or duplicate; returns
+    /// the records accepted into journeys.
+    fn check_accounting(arrivals: &[Event], outputs: &[Output]) -> Vec<Event> {
+        let mut fate: BTreeMap<u64, &str> = BTreeMap::new();
+        let mut place = |offset: u64, what: &'static str| {
+            assert_eq!(
+                fate.insert(offset, what),
+                None,
+                "offset {offset} accounted twice"
+            );
+        };
+        for o in outputs {
+            match o {
+                Output::Journey(j) => j.events.iter().for_each(|e| place(e.offset, "journey")),
+                Output::Late(l) => place(l.offset, "late"),
+                Output::Duplicate { offset, .. } => place(*offset, "duplicate"),
+            }
+        }
+        assert_eq!(fate.len(), arrivals.len());
+        arrivals
+            .iter()
+            .filter(|e| fate.get(&e.offset) == Some(&"journey"))
+            .cloned()
+            .collect()
+    }
+
+    /// Journeys are emitted in order; with `exact`, they are exactly the model's
+    /// sessions of the accepted events, otherwise each is at least a valid session.
+    fn check_journeys(gap: i64, accepted: &[Event], run: &Run, exact: bool) {
+        let mut got: Vec<Shape> = journeys(&run.outputs)
+            .into_iter()
+            .map(journey_shape)
+            .collect();
+        got.sort();
+        for call in &run.calls {
+            let order: Vec<(i64, &str, i64)> =
+                call.iter().map(|j| (j.end, &*j.key, j.start)).collect();
+            assert!(order.is_sorted(), "emission order {order:?}");
+        }
+        if !exact {
+            for j in journeys(&run.outputs) {
+                let times: Vec<i64> = j.events.iter().map(|e| e.time).collect();
+                assert!(times.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= gap));
+                assert_eq!((j.start, j.end), (times[0], times[times.len() - 1] + gap));
+                assert_eq!(j.id, JourneyId::new(TOPOLOGY, &j.key, j.start));
+            }
+            return;
+        }
+        let mut want = model(gap, accepted);
+        want.sort();
+        assert_eq!(got, want);
+        // A re-sent record is never accepted twice.
+        let mut ids = BTreeSet::new();
+        for e in accepted {
+            if let Some(id) = &e.id {
+                assert!(
+                    ids.insert((e.key.clone(), e.source, id.clone())),
+                    "{id} twice"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn in_bound_disorder_matches_the_model(
+            gens in prop::collection::vec(gen_event(), 0..60),
+            gap in 1i64..40,
+            grace in 0i64..20,
+            bound in 0i64..30,
+        ) {
+            let arrivals = arrivals(&gens, bound, false);
+            let mut op = op(gap as u64, grace as u64);
+            let run = run(&mut op, &arrivals, bound);
+            prop_assert!(lates(&run.outputs).is_empty());
+            let accepted = check_accounting(&arrivals, &run.outputs);
+            // Exactly the first arrival of each (key, source, id) is accepted.
+            let mut first = BTreeSet::new();
+            let expected: Vec<Event> = arrivals
+                .iter()
+                .filter(|e| match &e.id {
+                    Some(id) => first.insert((e.key.clone(), e.source, id.clone())),
+                    None => true,
+                })
+                .cloned()
+                .collect();
+            prop_assert_eq!(&accepted, &expected);
+            check_journeys(gap, &accepted, &run, true);
+            assert_empty(&op);
+        }
+
+        #[test]
+        fn late_events_are_accounted_and_journeys_stay_sessions(
+            gens in prop::collection::vec(gen_event(), 0..60),
+            gap in 1i64..40,
+            grace in 0i64..20,
+            bound in 0i64..30,
+            retention in 0i64..400,
+        ) {
+            let arrivals = arrivals(&gens, bound, true);
+            let mut op = op_retaining(gap as u64, grace as u64, retention as u64);
+            let run = run(&mut op, &arrivals, bound);
+            let accepted = check_accounting(&arrivals, &run.outputs);
+            // The documented guarantee: exact sessions while nothing arrives more than
+            // grace + retention behind the watermark.
+            check_journeys(gap, &accepted, &run, run.max_behind <= grace + retention);
+            for l in lates(&run.outputs) {
+                prop_assert!(l.lateness_ms >= 1, "{:?}", l);
+            }
+            assert_empty(&op);
+        }
+    }
+}
