@@ -4,6 +4,8 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -21,9 +23,9 @@ use crate::topology::{self, StartPosition};
     after_help = "Examples:\n  braid topic create page.viewed --partitions 4\n  echo '{\"customer_id\":\"c-1\",\"ts\":1}' | braid produce page.viewed --key-pointer /customer_id\n  braid consume page.viewed --from beginning --meta"
 )]
 struct Cli {
-    /// Embedded log directory.
-    #[arg(long, global = true, env = "BRAID_LOG_DIR", default_value = "data/log")]
-    log: PathBuf,
+    /// Embedded log directory [default: data/log; for `run`, the topology's broker path].
+    #[arg(long, global = true, env = "BRAID_LOG_DIR")]
+    log: Option<PathBuf>,
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -52,6 +54,20 @@ enum Command {
         after_help = "Examples:\n  braid consume customer.journey --from beginning -n 10\n  braid consume page.viewed --partition 2 --from offset:100 --meta\n  braid consume customer.journey --from end --follow"
     )]
     Consume(ConsumeArgs),
+    /// Run a topology: follow its sources and emit correlated records (Ctrl-C stops).
+    #[command(
+        after_help = "Examples:\n  braid run topologies/customer_journey.toml\n  braid run topologies/customer_journey.toml --bounded --summary-json summary.json"
+    )]
+    Run {
+        /// The topology file.
+        topology: PathBuf,
+        /// Stop at the end offsets present at start, close every window, print a summary.
+        #[arg(long)]
+        bounded: bool,
+        /// Also write the summary as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
+    },
     /// Check a topology file: every problem at once (exit 2), or a summary of the plan.
     #[command(after_help = "Example:\n  braid validate topologies/customer_journey.toml")]
     Validate {
@@ -119,6 +135,9 @@ struct ConsumeArgs {
     /// Wrap each value with its partition, offset, append time and key.
     #[arg(long)]
     meta: bool,
+    /// Pretty-print JSON (one record over several lines).
+    #[arg(long)]
+    pretty: bool,
 }
 
 #[derive(Args, Debug)]
@@ -213,14 +232,99 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let log = || Log::open(&cli.log).context("opening the embedded log");
+    let log_dir = cli.log.clone().unwrap_or_else(|| PathBuf::from("data/log"));
+    let log = || Log::open(&log_dir).context("opening the embedded log");
     match cli.command {
         Command::Topic(cmd) => topic(&log()?, cmd),
         Command::Produce(args) => produce(&log()?, args),
         Command::Consume(args) => consume(&log()?, args),
-        Command::Gen(args) => generate(&cli.log, args),
+        Command::Gen(args) => generate(&log_dir, args),
+        Command::Run {
+            topology,
+            bounded,
+            summary_json,
+        } => run_job(
+            cli.log.as_deref(),
+            &topology,
+            bounded,
+            summary_json.as_deref(),
+        ),
         Command::Validate { file } => validate(&file),
     }
+}
+
+fn load_plan(file: &std::path::Path) -> anyhow::Result<topology::Plan> {
+    topology::load(file).map_err(|errors| {
+        eprintln!("{errors}");
+        UsageError(format!(
+            "{} is not a valid topology (run `braid validate {}`)",
+            file.display(),
+            file.display()
+        ))
+        .into()
+    })
+}
+
+/// Sets the returned flag on SIGINT or SIGTERM; the job notices it within a poll interval.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stop requested: finishing");
+            flag.store(true, Ordering::Relaxed);
+        });
+    });
+    stop
+}
+
+fn run_job(
+    log_override: Option<&std::path::Path>,
+    file: &std::path::Path,
+    bounded: bool,
+    summary_json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let plan = load_plan(file)?;
+    let log_dir = match (log_override, &plan.broker) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, topology::Broker::Embedded { path }) => path.clone(),
+        (None, topology::Broker::Fluvio { .. }) => PathBuf::from("data/log"),
+    };
+    let log = Log::open(&log_dir).context("opening the embedded log")?;
+    let stop = stop_on_signal();
+    let summary = crate::job::run(&plan, &log, crate::job::RunOptions { bounded }, &stop)?;
+    println!(
+        "{}: {} records in, {} journeys, {} late, {} duplicates, {} dead letters in {:.2}s ({:.0} events/s, {} shards)",
+        plan.name,
+        summary.records_in,
+        summary.journeys,
+        summary.late,
+        summary.duplicates,
+        summary.dead_letters,
+        summary.millis as f64 / 1000.0,
+        summary.events_per_second(),
+        summary.shards
+    );
+    if let Some(path) = summary_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {
@@ -414,7 +518,7 @@ fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
             let batch = reader.read_batch(bound.min(1024) as usize)?;
             progressed |= !batch.is_empty();
             for rec in batch {
-                print_record(&mut out, partitions[i], &rec, args.meta)?;
+                print_record(&mut out, partitions[i], &rec, args.meta, args.pretty)?;
                 left -= 1;
             }
             if left == 0 {
@@ -441,8 +545,9 @@ fn print_record(
     partition: u32,
     rec: &crate::log::Record,
     meta: bool,
+    pretty: bool,
 ) -> anyhow::Result<()> {
-    if !meta {
+    if !meta && !pretty {
         out.write_all(&rec.value)?;
         out.write_all(b"\n")?;
         return Ok(());
@@ -453,14 +558,22 @@ fn print_record(
     };
     let timestamp = chrono::DateTime::from_timestamp_millis(rec.timestamp_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let doc = serde_json::json!({
-        "partition": partition,
-        "offset": rec.offset,
-        "timestamp": timestamp,
-        "key": rec.key.as_deref().map(String::from_utf8_lossy),
-        "value": value,
-    });
-    writeln!(out, "{doc}")?;
+    let doc = if meta {
+        serde_json::json!({
+            "partition": partition,
+            "offset": rec.offset,
+            "timestamp": timestamp,
+            "key": rec.key.as_deref().map(String::from_utf8_lossy),
+            "value": value,
+        })
+    } else {
+        value
+    };
+    if pretty {
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        writeln!(out, "{doc}")?;
+    }
     Ok(())
 }
 

@@ -28,6 +28,8 @@
 //! - [`time`]: per-partition and job watermarks, partition idleness, checkpointable.
 //! - [`engine`]: the correlation operators (plain synchronous code, watermark-driven)
 //!   and the output records they produce: journeys, late-arrival reports, duplicates.
+//! - [`job`]: the runtime that wires source → decode → watermarks → sharded operators →
+//!   sink on threads joined by bounded channels; `braid run`.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -39,6 +41,7 @@ pub mod cli;
 pub mod datagen;
 pub mod decode;
 pub mod engine;
+pub mod job;
 pub mod log;
 pub mod time;
 pub mod topology;

@@ -598,6 +598,36 @@ impl PartitionReader {
     pub fn read_into(
         &mut self,
         max_records: usize,
+        f: impl FnMut(&record::FrameView, &[u8]),
+    ) -> Result<usize, LogError> {
+        self.read_before(max_records, i64::MAX, f)
+    }
+
+    /// Append time of the next record, when one is available.
+    pub fn peek_timestamp(&mut self) -> Result<Option<i64>, LogError> {
+        let mut head = None;
+        self.read_inner(usize::MAX, i64::MIN, &mut head, |_, _| {})?;
+        Ok(head)
+    }
+
+    /// Like [`read_into`](Self::read_into), but stops before the first record appended at
+    /// or after `before_ms` — what lets a job read several partitions in step by append time.
+    pub fn read_before(
+        &mut self,
+        max_records: usize,
+        before_ms: i64,
+        f: impl FnMut(&record::FrameView, &[u8]),
+    ) -> Result<usize, LogError> {
+        self.read_inner(max_records, before_ms, &mut None, f)
+    }
+
+    /// The read loop; `stopped_at` gets the timestamp of a record left unread because of
+    /// `before_ms`.
+    fn read_inner(
+        &mut self,
+        max_records: usize,
+        before_ms: i64,
+        stopped_at: &mut Option<i64>,
         mut f: impl FnMut(&record::FrameView, &[u8]),
     ) -> Result<usize, LogError> {
         let mut n = 0;
@@ -611,6 +641,10 @@ impl PartitionReader {
                     if view.offset >= self.next_offset {
                         if view.offset != self.next_offset {
                             return Err(self.gap(view.offset));
+                        }
+                        if view.timestamp_ms >= before_ms {
+                            *stopped_at = Some(view.timestamp_ms);
+                            break;
                         }
                         f(&view, buf);
                         self.next_offset += 1;
