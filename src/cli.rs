@@ -67,6 +67,18 @@ enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long, value_name = "FILE")]
         summary_json: Option<PathBuf>,
+        /// Override the topology's shard count (worker threads).
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Read and JSON-parse every source record of a topology (the benchmarks' baseline).
+    #[command(after_help = "Example:\n  braid scan topologies/customer_journey.toml")]
+    Scan {
+        /// The topology file.
+        topology: PathBuf,
+        /// Also write the figures as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
     },
     /// Check a topology file: every problem at once (exit 2), or a summary of the plan.
     #[command(after_help = "Example:\n  braid validate topologies/customer_journey.toml")]
@@ -243,13 +255,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             topology,
             bounded,
             summary_json,
+            shards,
         } => run_job(
             cli.log.as_deref(),
             &topology,
             bounded,
+            shards,
             summary_json.as_deref(),
         ),
         Command::Validate { file } => validate(&file),
+        Command::Scan {
+            topology,
+            summary_json,
+        } => scan(cli.log.as_deref(), &topology, summary_json.as_deref()),
     }
 }
 
@@ -293,19 +311,59 @@ fn stop_on_signal() -> Arc<AtomicBool> {
     stop
 }
 
-fn run_job(
-    log_override: Option<&std::path::Path>,
-    file: &std::path::Path,
-    bounded: bool,
-    summary_json: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let plan = load_plan(file)?;
+/// The topology's embedded log, unless `--log` overrides it.
+fn plan_log(log_override: Option<&std::path::Path>, plan: &topology::Plan) -> anyhow::Result<Log> {
     let log_dir = match (log_override, &plan.broker) {
         (Some(dir), _) => dir.to_path_buf(),
         (None, topology::Broker::Embedded { path }) => path.clone(),
         (None, topology::Broker::Fluvio { .. }) => PathBuf::from("data/log"),
     };
-    let log = Log::open(&log_dir).context("opening the embedded log")?;
+    Log::open(&log_dir).context("opening the embedded log")
+}
+
+fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn scan(
+    log_override: Option<&std::path::Path>,
+    file: &std::path::Path,
+    summary_json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let plan = load_plan(file)?;
+    let log = plan_log(log_override, &plan)?;
+    let s = crate::job::scan(&plan, &log)?;
+    println!(
+        "{}: scanned {} records ({} bytes, {} not JSON) in {:.2}s ({:.0} records/s)",
+        plan.name,
+        s.records,
+        s.bytes,
+        s.not_json,
+        s.millis as f64 / 1000.0,
+        s.records as f64 * 1000.0 / s.millis.max(1) as f64
+    );
+    write_json(summary_json, &s)
+}
+
+fn run_job(
+    log_override: Option<&std::path::Path>,
+    file: &std::path::Path,
+    bounded: bool,
+    shards: Option<usize>,
+    summary_json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut plan = load_plan(file)?;
+    if let Some(n) = shards {
+        if n == 0 {
+            return Err(UsageError("--shards must be at least 1".into()).into());
+        }
+        plan.shards = n;
+    }
+    let log = plan_log(log_override, &plan)?;
     let stop = stop_on_signal();
     let summary = crate::job::run(&plan, &log, crate::job::RunOptions { bounded }, &stop)?;
     println!(
@@ -320,11 +378,7 @@ fn run_job(
         summary.events_per_second(),
         summary.shards
     );
-    if let Some(path) = summary_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_json(summary_json, &summary)
 }
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {

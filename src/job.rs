@@ -491,3 +491,52 @@ fn sink_stage(
     }
     Ok(counts)
 }
+
+/// What [`scan`] measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScanSummary {
+    pub records: u64,
+    pub bytes: u64,
+    /// Records whose value is not JSON.
+    pub not_json: u64,
+    pub millis: u64,
+}
+
+/// The baseline of the benchmarks: reads every record of every source partition, from its
+/// start to the end offset present now, and parses its JSON into a `serde_json::Value` —
+/// the floor any JSON stream processor pays for the same input on this machine. One thread.
+pub fn scan(plan: &Plan, log: &Log) -> Result<ScanSummary, JobError> {
+    let log_err = |source| JobError::Log {
+        job: plan.name.clone(),
+        source,
+    };
+    let started = Instant::now();
+    let mut summary = ScanSummary::default();
+    for src in &plan.sources {
+        let meta = log.topic(&src.topic).map_err(log_err)?;
+        for p in 0..meta.partitions {
+            let info = log.partition_info(&src.topic, p).map_err(log_err)?;
+            let mut reader = log
+                .reader(&src.topic, p, info.start_offset)
+                .map_err(log_err)?;
+            while reader.position() < info.end_offset {
+                let max = (info.end_offset - reader.position()).min(BATCH as u64) as usize;
+                let n = reader
+                    .read_into(max, |view, buf| {
+                        let value = &buf[view.value.clone()];
+                        summary.bytes += value.len() as u64;
+                        if serde_json::from_slice::<serde_json::Value>(value).is_err() {
+                            summary.not_json += 1;
+                        }
+                    })
+                    .map_err(log_err)?;
+                if n == 0 {
+                    break;
+                }
+                summary.records += n as u64;
+            }
+        }
+    }
+    summary.millis = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}

@@ -212,6 +212,8 @@ fn every_subcommand_help_teaches_by_example() {
         &["consume"],
         &["gen"],
         &["validate"],
+        &["run"],
+        &["scan"],
     ] {
         let mut c = common::braid();
         c.args(sub).arg("--help");

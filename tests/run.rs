@@ -159,6 +159,22 @@ fn bounded_run_accounts_for_every_record() {
         assert_eq!(d["kind"], "dead_letter");
     }
     assert!(n(&summary["late"]) > 0, "the dataset has late events");
+
+    // The benchmarks' baseline reads and parses the same records.
+    let scan_path = t.dir.path().join("scan.json");
+    ok(t.braid()
+        .arg("scan")
+        .arg(&topo)
+        .arg("--summary-json")
+        .arg(&scan_path)
+        .output()
+        .unwrap());
+    let scan: Value = serde_json::from_slice(&std::fs::read(&scan_path).unwrap()).unwrap();
+    assert_eq!(n(&scan["records"]), n(&generated["records"]));
+    assert_eq!(
+        n(&scan["not_json"]),
+        n(&generated["poison"]["not_json"]) + n(&generated["poison"]["truncated"])
+    );
 }
 
 #[test]
