@@ -380,6 +380,16 @@ fn source_stage(
         }
         if progressed {
             send(&mut batches, &mut dead, BATCH);
+        } else if opts.bounded {
+            // Every unfinished partition promised records up to its end offset and none is
+            // readable: waiting would never end.
+            let stuck = inputs.iter().find(|i| !i.done).expect("not all done");
+            return Err(LogError::Stalled {
+                topic: stuck.topic.clone(),
+                partition: stuck.id.partition,
+                position: stuck.reader.position(),
+                end: stuck.end,
+            });
         } else {
             send(&mut batches, &mut dead, 0);
             if let Some(w) = &watcher {

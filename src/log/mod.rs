@@ -97,6 +97,15 @@ pub enum LogError {
         size: usize,
         max: usize,
     },
+    #[error(
+        "topic {topic} partition {partition}: no record readable at offset {position} although the log ended at {end} when the run started"
+    )]
+    Stalled {
+        topic: String,
+        partition: u32,
+        position: u64,
+        end: u64,
+    },
     #[error("topic metadata {path} is unreadable: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
     #[error("cannot watch {path} for appends: {message}")]
