@@ -480,20 +480,29 @@ fn sink_stage(
     }
     let [journeys, late, dead] = slot;
     let mut counts = SinkCounts::default();
-    for batch in rx {
-        for rec in batch {
-            let p = match rec.kind {
-                OutKind::Journey => {
-                    counts.journeys += 1;
-                    journeys
-                }
-                OutKind::Late => {
-                    counts.late += 1;
-                    late
-                }
-                OutKind::DeadLetter => dead,
-            };
-            producers[p].send(rec.key.as_deref(), &rec.value)?;
+    // Append everything queued, then flush once the channel is momentarily empty: batches
+    // stay large under load, and a quiet live job publishes at once.
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(batch) = next {
+            for rec in batch {
+                let p = match rec.kind {
+                    OutKind::Journey => {
+                        counts.journeys += 1;
+                        journeys
+                    }
+                    OutKind::Late => {
+                        counts.late += 1;
+                        late
+                    }
+                    OutKind::DeadLetter => dead,
+                };
+                producers[p].send(rec.key.as_deref(), &rec.value)?;
+            }
+            next = rx.try_recv().ok();
+        }
+        for p in &mut producers {
+            p.flush()?;
         }
     }
     for p in &mut producers {

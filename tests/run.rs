@@ -206,3 +206,86 @@ fn results_do_not_depend_on_the_shard_count() {
     assert!(!per_shards[0].is_empty());
     assert_eq!(per_shards[0], per_shards[1]);
 }
+
+#[test]
+fn live_run_emits_when_the_watermark_passes_and_stops_on_sigterm() {
+    use std::time::{Duration, Instant};
+    let t = TempLog::new();
+    for topic in ["page.viewed", "cart.updated", "order.placed"] {
+        t.log.create_topic(topic, 1).unwrap();
+    }
+    t.log.create_topic("journeys-live", 1).unwrap();
+    let topo = topology(&t, "live", 2, "-live");
+    // Silent partitions must stop holding the watermark back quickly in this test.
+    let text = std::fs::read_to_string(&topo).unwrap().replace(
+        "out_of_orderness = \"5s\"",
+        "out_of_orderness = \"1s\"\nidle_timeout = \"100ms\"",
+    );
+    std::fs::write(&topo, text).unwrap();
+    let job = t
+        .braid()
+        .arg("run")
+        .arg(&topo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = braid::log::TailWatcher::new().unwrap();
+    watcher
+        .watch(&t.log.partition_dir("journeys-live", 0))
+        .unwrap();
+
+    // Customer a's session, then an event two hours later that moves the watermark past it.
+    let events = [
+        r#"{"customer_id":"a","ts":"2026-01-05T08:00:00Z","event_id":"1"}"#,
+        r#"{"customer_id":"a","ts":"2026-01-05T08:10:00Z","event_id":"2"}"#,
+        r#"{"customer_id":"b","ts":"2026-01-05T10:00:00Z","event_id":"3"}"#,
+    ];
+    common::ok(common::run_with_stdin(
+        {
+            let mut c = t.braid();
+            c.args(["produce", "page.viewed", "--key-pointer", "/customer_id"]);
+            c
+        },
+        (events.join("\n") + "\n").as_bytes(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let journey = loop {
+        let recs = t
+            .log
+            .reader("journeys-live", 0, 0)
+            .unwrap()
+            .read_batch(10)
+            .unwrap();
+        if let Some(r) = recs.first() {
+            break serde_json::from_slice::<Value>(&r.value).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no journey within 60 s");
+        watcher.wait_timeout(Duration::from_secs(1));
+    };
+    assert_eq!(journey["key"], "a");
+    assert_eq!(journey["events"].as_array().unwrap().len(), 2);
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(job.wait_with_output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("braid run did not stop within 30 s of SIGTERM")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        common::stderr(&out)
+    );
+    // b's session is still open: a stopped live job does not emit it.
+    assert_eq!(
+        t.log.partition_info("journeys-live", 0).unwrap().end_offset,
+        1
+    );
+}
