@@ -20,7 +20,7 @@
 //!   with the checkpoint work (see docs/semantics.md, "Delivery and recovery").
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -104,6 +104,8 @@ struct OutRecord {
 const BATCH: usize = 1024;
 /// Batches in flight per channel (the backpressure bound).
 const CHANNEL_BATCHES: usize = 8;
+/// Longest time an output record waits in the sink before it is appended and synced.
+const SINK_FLUSH: Duration = Duration::from_millis(20);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -480,30 +482,42 @@ fn sink_stage(
     }
     let [journeys, late, dead] = slot;
     let mut counts = SinkCounts::default();
-    // Append everything queued, then flush once the channel is momentarily empty: batches
-    // stay large under load, and a quiet live job publishes at once.
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(batch) = next {
-            for rec in batch {
-                let p = match rec.kind {
-                    OutKind::Journey => {
-                        counts.journeys += 1;
-                        journeys
-                    }
-                    OutKind::Late => {
-                        counts.late += 1;
-                        late
-                    }
-                    OutKind::DeadLetter => dead,
-                };
-                producers[p].send(rec.key.as_deref(), &rec.value)?;
+    // Appends are flushed (and synced) at most every SINK_FLUSH while records flow, and as
+    // soon as the stream pauses for that long: batches stay large under load, and a quiet
+    // live job publishes within SINK_FLUSH.
+    let mut unflushed = false;
+    let mut last_flush = Instant::now();
+    loop {
+        match rx.recv_timeout(SINK_FLUSH) {
+            Ok(batch) => {
+                for rec in batch {
+                    let p = match rec.kind {
+                        OutKind::Journey => {
+                            counts.journeys += 1;
+                            journeys
+                        }
+                        OutKind::Late => {
+                            counts.late += 1;
+                            late
+                        }
+                        OutKind::DeadLetter => dead,
+                    };
+                    producers[p].send(rec.key.as_deref(), &rec.value)?;
+                }
+                unflushed = true;
+                if last_flush.elapsed() < SINK_FLUSH {
+                    continue;
+                }
             }
-            next = rx.try_recv().ok();
+            Err(RecvTimeoutError::Timeout) if unflushed => {}
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
         }
         for p in &mut producers {
             p.flush()?;
         }
+        unflushed = false;
+        last_flush = Instant::now();
     }
     for p in &mut producers {
         p.flush()?;
