@@ -8,4 +8,11 @@ cargo fmt --all -- --check 2>/dev/null || { echo "test.sh: cargo fmt --check rep
 if [ -z "${BRAID_FLUVIO_ENDPOINT:-}" ]; then
   echo "test.sh: BRAID_FLUVIO_ENDPOINT is not set: Fluvio-backed tests will report themselves as skipped" >&2
 fi
-cargo test --locked --all-targets "$@"
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+status=0
+cargo test --locked --all-targets "$@" 2>&1 | tee "$out" || status=$?
+# One closing line over every test binary (criterion benches run once each, as smoke tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+exit "$status"
