@@ -34,7 +34,7 @@ use crate::topology::{Broker, Correlation, Plan, StartPosition};
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("job {job}: {source}")]
+    #[error("job {job}")]
     Log {
         job: String,
         #[source]

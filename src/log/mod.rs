@@ -35,13 +35,13 @@ use partition::PartitionRef;
 /// Errors of the embedded log; each names the topic, partition and file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log directory {path}: {source}")]
+    #[error("log directory {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("topic {topic} partition {partition}: {path}: {source}")]
+    #[error("topic {topic} partition {partition}: {path}")]
     PartitionIo {
         topic: String,
         partition: u32,
