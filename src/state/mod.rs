@@ -232,7 +232,7 @@ impl StateStore {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &opts, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| {
-            if source.to_string().to_ascii_lowercase().contains("lock") {
+            if is_lock_error(&source) {
                 StateError::Locked {
                     dir: dir_buf.clone(),
                 }
@@ -581,6 +581,15 @@ impl StateStore {
     }
 }
 
+/// RocksDB reports a held `LOCK` file only in its message text: "lock hold by current
+/// process" (same process) or "While lock file: …/LOCK: …" (another process). Matching
+/// the file name rather than "lock" keeps "block checksum mismatch" a corruption error.
+fn is_lock_error(e: &rocksdb::Error) -> bool {
+    let msg = e.to_string();
+    e.kind() == rocksdb::ErrorKind::IOError
+        && (msg.contains("lock hold by current process") || msg.contains("While lock file"))
+}
+
 fn is_empty_or_missing(dir: &Path) -> Result<bool, StateError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_none()),
@@ -713,6 +722,140 @@ mod tests {
             vec![entry("out", 0, 1), entry("out", 0, 2)]
         );
         assert_eq!(store.fingerprint().unwrap(), FP);
+    }
+
+    /// The real payloads: the session operator's `KeyState` and the watermark snapshot
+    /// survive postcard through the store unchanged.
+    #[test]
+    fn operator_state_and_watermarks_round_trip() {
+        use crate::engine::session::{EmittedSession, KeyState, OpenSession};
+        use crate::engine::{JourneyId, RecordEvent};
+        use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
+
+        let state = KeyState {
+            open: vec![OpenSession {
+                first: -5,
+                last: 1_700_000_000_000,
+                events: vec![RecordEvent {
+                    source: 2,
+                    partition: 7,
+                    offset: u64::MAX,
+                    time: -5,
+                    id: Some("e\u{0}1".into()),
+                    payload: r#"{"a":[1,2]}"#.into(),
+                }],
+            }],
+            emitted: vec![EmittedSession {
+                first: 1,
+                last: 2,
+                id: JourneyId(u128::MAX - 1),
+                forget_after: i64::MAX,
+                fingerprints: vec![3, u128::MAX],
+            }],
+            seen: [1u128, 1 << 100].into_iter().collect(),
+        };
+        let wm = WatermarkSnapshot {
+            job: i64::MIN,
+            partitions: vec![PartitionSnapshot {
+                id: PartitionId {
+                    source: 1,
+                    partition: 3,
+                },
+                watermark: 99,
+                max_event_time: None,
+            }],
+        };
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                upserts: vec![("k", encode("key state", &state).unwrap())],
+                watermarks: Some(encode("watermarks", &wm).unwrap()),
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        drop(store);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let restored: Vec<(String, KeyState)> =
+            store.keys(|_| true).collect::<Result<_, _>>().unwrap();
+        assert_eq!(restored, vec![("k".to_string(), state)]);
+        assert_eq!(store.watermarks::<WatermarkSnapshot>().unwrap(), Some(wm));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(u8, u8),
+        Delete(u8),
+        Emit(u8),
+        Ack(u8, u64),
+        Reopen,
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..6u8, any::<u8>()).prop_map(|(k, v)| Op::Upsert(k, v)),
+            2 => (0..6u8).prop_map(Op::Delete),
+            3 => (0..2u8).prop_map(Op::Emit),
+            2 => (0..2u8, 0..12u64).prop_map(|(p, s)| Op::Ack(p, s)),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Random checkpoints (each op is one commit), acks and reopens against a
+        /// BTreeMap model of keys and outbox.
+        #[test]
+        fn store_matches_a_simple_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+            let (_tmp, dir) = store_dir();
+            let mut store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+            let mut keys_model: BTreeMap<String, u8> = BTreeMap::new();
+            let mut outbox_model: BTreeMap<(u32, u64), ()> = BTreeMap::new();
+            let mut next_seq = [1u64, 1];
+            for op in ops {
+                match op {
+                    Op::Upsert(k, v) => {
+                        let name = format!("k{k}");
+                        store.commit(Checkpoint {
+                            upserts: vec![(&name, encode("v", &v).unwrap())],
+                            ..Checkpoint::default()
+                        }).unwrap();
+                        keys_model.insert(name, v);
+                    }
+                    Op::Delete(k) => {
+                        let name = format!("k{k}");
+                        store.commit(Checkpoint { deletes: vec![&name], ..Checkpoint::default() }).unwrap();
+                        keys_model.remove(&name);
+                    }
+                    Op::Emit(p) => {
+                        let seq = next_seq[p as usize];
+                        next_seq[p as usize] += 1;
+                        store.commit(Checkpoint {
+                            outbox: vec![entry("out", u32::from(p), seq)],
+                            ..Checkpoint::default()
+                        }).unwrap();
+                        outbox_model.insert((u32::from(p), seq), ());
+                    }
+                    Op::Ack(p, up_to) => {
+                        store.ack_outbox("out", u32::from(p), up_to).unwrap();
+                        outbox_model.retain(|&(mp, s), _| mp != u32::from(p) || s > up_to);
+                    }
+                    Op::Reopen => {
+                        drop(store);
+                        store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+                    }
+                }
+                let got: Vec<(String, u8)> = store.keys(|_| true).collect::<Result<_, _>>().unwrap();
+                let want: Vec<(String, u8)> = keys_model.clone().into_iter().collect();
+                proptest::prop_assert_eq!(got, want);
+                let got: Vec<OutboxEntry> = all_outbox(&store);
+                let want: Vec<OutboxEntry> =
+                    outbox_model.keys().map(|&(p, s)| entry("out", p, s)).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]
@@ -925,6 +1068,33 @@ mod tests {
                 "state directory {} is not a braid state store (it is empty or missing); refusing to use it",
                 tmp.path().join("missing").display()
             )
+        );
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_not_a_fresh_start() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                positions: vec![("src", 0, 5)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        drop(store);
+        std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+        let err = StateStore::open(&dir, FP, StateOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        let prefix = format!(
+            "state directory {}: RocksDB error while listing column families: ",
+            dir.display()
+        );
+        assert!(msg.starts_with(&prefix), "{msg}");
+        assert!(matches!(err, StateError::Rocks { .. }));
+        // The damaged directory was left as it was.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("CURRENT")).unwrap(),
+            "MANIFEST-999999\n"
         );
     }
 
