@@ -28,6 +28,8 @@
 //! - [`time`]: per-partition and job watermarks, partition idleness, checkpointable.
 //! - [`engine`]: the correlation operators (plain synchronous code, watermark-driven)
 //!   and the output records they produce: journeys, late-arrival reports, duplicates.
+//! - [`state`]: the RocksDB state store: per-key operator state, source positions,
+//!   watermarks and the output outbox, committed together in one atomic write.
 //! - [`job`]: the runtime that wires source → decode → watermarks → sharded operators →
 //!   sink on threads joined by bounded channels; `braid run`.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
@@ -43,5 +45,6 @@ pub mod decode;
 pub mod engine;
 pub mod job;
 pub mod log;
+pub mod state;
 pub mod time;
 pub mod topology;

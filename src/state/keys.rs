@@ -1,0 +1,225 @@
+//! Every RocksDB key the state store writes, encoded and decoded in one place.
+//!
+//! # Layout, per column family
+//!
+//! | CF          | key                                   | value                                  |
+//! |-------------|---------------------------------------|----------------------------------------|
+//! | `meta`      | `b"format_version"`                   | u32 big-endian ([`FORMAT_VERSION`])    |
+//! | `meta`      | `b"fingerprint"`                      | u128 big-endian (the plan fingerprint) |
+//! | `meta`      | `b"watermarks"`                       | postcard-encoded watermark snapshot    |
+//! | `positions` | `str(topic) ‖ u32be(partition)`       | u64 big-endian: next offset to read    |
+//! | `keys`      | the correlation key's UTF-8 bytes     | postcard-encoded operator `KeyState`   |
+//! | `outbox`    | `str(topic) ‖ u32be(partition) ‖ u64be(seq)` | postcard-encoded record (key, value) |
+//!
+//! `str(s)` is the order-preserving escaped form of a string: every 0x00 byte becomes
+//! `00 FF` and the string ends with `00 01`. It is self-delimiting (a topic may contain any
+//! byte, a prefix of one topic is never confused with another) and byte-wise comparison
+//! of encoded keys equals comparison of the `(topic, partition, seq)` tuples, so a
+//! RocksDB iterator walks the outbox in sequence order per topic/partition. Integers
+//! are big-endian for the same reason (little-endian would put seq 256 before seq 1).
+//!
+//! The `keys` CF holds only correlation keys, so it needs no framing: the key is stored
+//! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap.
+
+/// Version of this layout; stored in `meta` on creation and checked on open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column family names.
+pub const CF_META: &str = "meta";
+pub const CF_POSITIONS: &str = "positions";
+pub const CF_KEYS: &str = "keys";
+pub const CF_OUTBOX: &str = "outbox";
+/// All column families a braid state store has (besides RocksDB's `default`).
+pub const ALL_CFS: [&str; 4] = [CF_META, CF_POSITIONS, CF_KEYS, CF_OUTBOX];
+
+/// Keys in the `meta` column family.
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+pub const META_FINGERPRINT: &[u8] = b"fingerprint";
+pub const META_WATERMARKS: &[u8] = b"watermarks";
+
+/// Why a stored key could not be decoded; the store adds the directory and CF.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("string is not terminated")]
+    Unterminated,
+    #[error("invalid escape 0x00 0x{0:02x}")]
+    BadEscape(u8),
+    #[error("string is not UTF-8")]
+    NotUtf8,
+    #[error("expected {expected} trailing bytes, found {found}")]
+    BadLength { expected: usize, found: usize },
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        if b == 0 {
+            out.extend_from_slice(&[0x00, 0xFF]);
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// Decodes a `str(s)` at the start of `bytes`; returns it and the rest.
+fn take_str(bytes: &[u8]) -> Result<(String, &[u8]), KeyError> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != 0 {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(0xFF) => {
+                out.push(0);
+                i += 2;
+            }
+            Some(0x01) => {
+                let s = String::from_utf8(out).map_err(|_| KeyError::NotUtf8)?;
+                return Ok((s, &bytes[i + 2..]));
+            }
+            Some(&other) => return Err(KeyError::BadEscape(other)),
+            None => return Err(KeyError::Unterminated),
+        }
+    }
+    Err(KeyError::Unterminated)
+}
+
+/// `str(topic) ‖ u32be(partition)`: the prefix shared by positions and outbox keys.
+pub fn partition_prefix(topic: &str, partition: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(topic.len() + 2 + 4 + 8);
+    push_str(&mut out, topic);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn take_u32(rest: &[u8]) -> Result<(u32, &[u8]), KeyError> {
+    let (head, tail) = rest.split_at_checked(4).ok_or(KeyError::BadLength {
+        expected: 4,
+        found: rest.len(),
+    })?;
+    let mut buf = [0u8; 4];
+    buf.copy_from_slice(head);
+    Ok((u32::from_be_bytes(buf), tail))
+}
+
+/// Key of a source position in the `positions` CF.
+pub fn position_key(topic: &str, partition: u32) -> Vec<u8> {
+    partition_prefix(topic, partition)
+}
+
+pub fn decode_position_key(key: &[u8]) -> Result<(String, u32), KeyError> {
+    let (topic, rest) = take_str(key)?;
+    let (partition, rest) = take_u32(rest)?;
+    if !rest.is_empty() {
+        return Err(KeyError::BadLength {
+            expected: 0,
+            found: rest.len(),
+        });
+    }
+    Ok((topic, partition))
+}
+
+/// Key of one output record in the `outbox` CF.
+pub fn outbox_key(topic: &str, partition: u32, seq: u64) -> Vec<u8> {
+    let mut out = partition_prefix(topic, partition);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+pub fn decode_outbox_key(key: &[u8]) -> Result<(String, u32, u64), KeyError> {
+    let (topic, rest) = take_str(key)?;
+    let (partition, rest) = take_u32(rest)?;
+    let seq = decode_u64(rest)?;
+    Ok((topic, partition, seq))
+}
+
+/// Key of a correlation key's state in the `keys` CF.
+pub fn state_key(key: &str) -> &[u8] {
+    key.as_bytes()
+}
+
+pub fn decode_state_key(key: &[u8]) -> Result<&str, KeyError> {
+    std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)
+}
+
+/// Decodes exactly eight big-endian bytes (position values, outbox seqs).
+pub fn decode_u64(bytes: &[u8]) -> Result<u64, KeyError> {
+    let buf: [u8; 8] = bytes.try_into().map_err(|_| KeyError::BadLength {
+        expected: 8,
+        found: bytes.len(),
+    })?;
+    Ok(u64::from_be_bytes(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tricky_string() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just('\u{0}'),
+                Just('\u{1}'),
+                Just('\u{FF}'),
+                Just('a'),
+                any::<char>()
+            ],
+            0..12,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn state_keys_round_trip(key in tricky_string()) {
+            prop_assert_eq!(decode_state_key(state_key(&key)).unwrap(), key.as_str());
+        }
+
+        #[test]
+        fn position_keys_round_trip(topic in tricky_string(), partition in any::<u32>()) {
+            let decoded = decode_position_key(&position_key(&topic, partition)).unwrap();
+            prop_assert_eq!(decoded, (topic, partition));
+        }
+
+        #[test]
+        fn outbox_keys_round_trip_and_sort_like_tuples(
+            a in (tricky_string(), any::<u32>(), any::<u64>()),
+            b in (tricky_string(), any::<u32>(), any::<u64>()),
+        ) {
+            let ka = outbox_key(&a.0, a.1, a.2);
+            let kb = outbox_key(&b.0, b.1, b.2);
+            prop_assert_eq!(decode_outbox_key(&ka).unwrap(), a.clone());
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+    }
+
+    #[test]
+    fn seq_order_is_numeric_not_bytewise_little_endian() {
+        let seqs = [1u64, 255, 256, 65_536, 1 << 32, (1 << 32) + 1, u64::MAX];
+        for w in seqs.windows(2) {
+            assert!(outbox_key("t", 0, w[0]) < outbox_key("t", 0, w[1]));
+        }
+    }
+
+    #[test]
+    fn damaged_keys_are_errors_not_panics() {
+        assert_eq!(take_str(b"abc").unwrap_err(), KeyError::Unterminated);
+        assert_eq!(take_str(b"a\x00").unwrap_err(), KeyError::Unterminated);
+        assert_eq!(
+            take_str(b"a\x00\x07").unwrap_err().to_string(),
+            "invalid escape 0x00 0x07"
+        );
+        assert_eq!(
+            decode_outbox_key(b"t\x00\x01\x00\x00\x00\x01\x02")
+                .unwrap_err()
+                .to_string(),
+            "expected 8 trailing bytes, found 1"
+        );
+        assert_eq!(decode_state_key(b"\xff").unwrap_err(), KeyError::NotUtf8);
+    }
+}

@@ -1,0 +1,1156 @@
+//! The RocksDB state store: the one durable place of a running job.
+//!
+//! Operators keep their open state in memory and write it behind at each checkpoint.
+//! A [`Checkpoint`] carries everything that changed since the previous one — upserted
+//! and deleted per-key states, source positions, the watermark snapshot and the output
+//! records produced since (the outbox) — and [`StateStore::commit`] writes it as ONE
+//! RocksDB `WriteBatch` with the WAL fsynced. That is the invariant recovery rests on:
+//! after a crash the store holds exactly the last committed checkpoint, never a part of
+//! one, so positions, state and not-yet-published output always agree.
+//!
+//! Other invariants:
+//! - A directory is opened only if it is a braid state store of this layout version
+//!   and of the same plan fingerprint; anything else is an error naming the directory,
+//!   never a silent fresh start. An empty or missing directory is created.
+//! - One writer: RocksDB's `LOCK` file excludes a second open, in this or another
+//!   process. [`StateStore::open_read_only`] reads alongside a writer (as of the
+//!   moment it opened) for `braid inspect`.
+//! - Only the checkpoint batch is fsynced; acks of published output are not (a lost
+//!   ack re-offers entries whose seq the publisher has already written, so the
+//!   publisher skips seqs it finds published).
+//!
+//! Values are postcard-encoded serde values; key encoding lives in [`keys`].
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use keys::{
+    ALL_CFS, CF_KEYS, CF_META, CF_OUTBOX, CF_POSITIONS, FORMAT_VERSION, KeyError, META_FINGERPRINT,
+    META_FORMAT_VERSION, META_WATERMARKS,
+};
+
+/// Errors of the state store; every one names the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state directory {dir} is locked by another open store (another `braid run` on the same state?)"
+    )]
+    Locked { dir: PathBuf },
+    #[error("state directory {dir} is not a braid state store ({reason}); refusing to use it")]
+    NotAStateStore { dir: PathBuf, reason: String },
+    #[error(
+        "state directory {dir} was written for plan fingerprint {stored:032x}, but this plan has fingerprint {expected:032x}; the topology changed in a way the state cannot follow: replay into a new state directory"
+    )]
+    FingerprintMismatch {
+        dir: PathBuf,
+        stored: u128,
+        expected: u128,
+    },
+    #[error(
+        "state directory {dir} has layout version {found}, this braid reads version {expected}"
+    )]
+    UnsupportedVersion {
+        dir: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("state directory {dir}: RocksDB error while {action}: {source}")]
+    Rocks {
+        dir: PathBuf,
+        action: &'static str,
+        source: rocksdb::Error,
+    },
+    #[error("state directory {dir}: corrupt entry in column family `{cf}` at key {key}: {reason}")]
+    Corrupt {
+        dir: PathBuf,
+        cf: &'static str,
+        key: EscapedBytes,
+        reason: String,
+    },
+    #[error("state directory {dir}: cannot read it: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state directory {dir} is open read-only; cannot {action}")]
+    ReadOnly { dir: PathBuf, action: &'static str },
+    #[error("cannot encode {what} for the state store: {source}")]
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+}
+
+/// Raw key bytes shown with non-printable bytes escaped, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscapedBytes(pub Vec<u8>);
+
+impl fmt::Display for EscapedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0.escape_ascii())
+    }
+}
+
+/// Encodes a serde value the way the store stores it (checkpoint upserts, watermarks).
+pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(value).map_err(|source| StateError::Encode { what, source })
+}
+
+/// RocksDB tuning of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateOptions {
+    /// Shared LRU block cache, bounded so state size does not become memory size.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 32 << 20,
+        }
+    }
+}
+
+/// One output record waiting in the outbox to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub topic: String,
+    pub partition: u32,
+    /// Monotonically increasing per topic/partition, assigned by the producer of the
+    /// checkpoint; the publisher uses it to skip what it has already written.
+    pub seq: u64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// The value part of an outbox entry as stored (topic, partition and seq are the key).
+#[derive(Serialize, Deserialize)]
+struct StoredRecord<'a> {
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    #[serde(borrow)]
+    value: &'a [u8],
+}
+
+/// Everything that changed since the previous checkpoint, committed atomically.
+#[derive(Debug, Default)]
+pub struct Checkpoint<'a> {
+    /// Per correlation key, its encoded state (see [`encode`]).
+    pub upserts: Vec<(&'a str, Vec<u8>)>,
+    /// Keys that have no state left.
+    pub deletes: Vec<&'a str>,
+    /// Per source topic/partition, the next offset to read.
+    pub positions: Vec<(&'a str, u32, u64)>,
+    /// The encoded watermark snapshot, when it changed.
+    pub watermarks: Option<Vec<u8>>,
+    /// Output records produced since the previous checkpoint.
+    pub outbox: Vec<OutboxEntry>,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    pub upserts: usize,
+    pub deletes: usize,
+    pub positions: usize,
+    pub outbox: usize,
+    /// Size of the write batch in bytes.
+    pub bytes: usize,
+}
+
+/// Size estimates of a store (RocksDB properties; approximate by nature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateStats {
+    /// `rocksdb.estimate-live-data-size` summed over the column families.
+    pub live_data_bytes: u64,
+    /// `rocksdb.estimate-num-keys` of the `keys` column family.
+    pub keys: u64,
+    /// `rocksdb.estimate-num-keys` of the `outbox` column family.
+    pub outbox: u64,
+    /// `rocksdb.estimate-num-keys` of the `positions` column family.
+    pub positions: u64,
+}
+
+/// An open state store; see the module doc for its invariants.
+pub struct StateStore {
+    db: DB,
+    dir: PathBuf,
+    read_only: bool,
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateStore")
+            .field("dir", &self.dir)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+fn cf_options(name: &str, opts: &StateOptions, cache: &Cache) -> Options {
+    let mut block = BlockBasedOptions::default();
+    block.set_block_cache(cache);
+    if name == CF_KEYS {
+        // Restores and upserts probe keys one by one; most probes of a deleted key miss.
+        block.set_bloom_filter(10.0, false);
+    }
+    let mut cf = Options::default();
+    cf.set_block_based_table_factory(&block);
+    cf.set_compression_type(DBCompressionType::Lz4);
+    cf.set_write_buffer_size(opts.write_buffer_bytes);
+    cf
+}
+
+impl StateStore {
+    /// Opens or creates the store in `dir` for the plan with `fingerprint`.
+    pub fn open(dir: &Path, fingerprint: u128, opts: StateOptions) -> Result<Self, StateError> {
+        let dir_buf = dir.to_path_buf();
+        let fresh = is_empty_or_missing(dir)?;
+        if !fresh {
+            check_is_state_store(dir)?;
+        }
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(fresh);
+        db_opts.create_missing_column_families(fresh);
+        db_opts.set_compression_type(DBCompressionType::Lz4);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &opts, &cache)));
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| {
+            if is_lock_error(&source) {
+                StateError::Locked {
+                    dir: dir_buf.clone(),
+                }
+            } else {
+                StateError::Rocks {
+                    dir: dir_buf.clone(),
+                    action: "opening",
+                    source,
+                }
+            }
+        })?;
+        let store = StateStore {
+            db,
+            dir: dir_buf,
+            read_only: false,
+        };
+        if fresh {
+            let mut batch = WriteBatch::default();
+            let meta = store.cf(CF_META);
+            batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(meta, META_FINGERPRINT, fingerprint.to_be_bytes());
+            store.write_synced(batch, "creating")?;
+        } else {
+            store.check_meta(Some(fingerprint))?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only, alongside a running writer if any; it sees
+    /// the store as of this call.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StateError> {
+        let dir_buf = dir.to_path_buf();
+        if is_empty_or_missing(dir)? {
+            return Err(StateError::NotAStateStore {
+                dir: dir_buf,
+                reason: "it is empty or missing".into(),
+            });
+        }
+        check_is_state_store(dir)?;
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(
+            |source| StateError::Rocks {
+                dir: dir_buf.clone(),
+                action: "opening read-only",
+                source,
+            },
+        )?;
+        let store = StateStore {
+            db,
+            dir: dir_buf,
+            read_only: true,
+        };
+        store.check_meta(None)?;
+        Ok(store)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The plan fingerprint the store was created for.
+    pub fn fingerprint(&self) -> Result<u128, StateError> {
+        let raw = self.get_meta(META_FINGERPRINT)?;
+        let bytes: [u8; 16] = raw
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| self.corrupt(CF_META, META_FINGERPRINT, "missing or not 16 bytes"))?;
+        Ok(u128::from_be_bytes(bytes))
+    }
+
+    /// Writes `cp` as one atomic, fsynced batch.
+    pub fn commit(&self, cp: Checkpoint<'_>) -> Result<CommitStats, StateError> {
+        self.writable("commit a checkpoint")?;
+        let mut batch = WriteBatch::default();
+        let keys_cf = self.cf(CF_KEYS);
+        for (key, value) in &cp.upserts {
+            batch.put_cf(keys_cf, keys::state_key(key), value);
+        }
+        for key in &cp.deletes {
+            batch.delete_cf(keys_cf, keys::state_key(key));
+        }
+        let positions_cf = self.cf(CF_POSITIONS);
+        for (topic, partition, offset) in &cp.positions {
+            batch.put_cf(
+                positions_cf,
+                keys::position_key(topic, *partition),
+                offset.to_be_bytes(),
+            );
+        }
+        if let Some(watermarks) = &cp.watermarks {
+            batch.put_cf(self.cf(CF_META), META_WATERMARKS, watermarks);
+        }
+        let outbox_cf = self.cf(CF_OUTBOX);
+        for entry in &cp.outbox {
+            let record = StoredRecord {
+                key: entry.key.as_deref(),
+                value: &entry.value,
+            };
+            batch.put_cf(
+                outbox_cf,
+                keys::outbox_key(&entry.topic, entry.partition, entry.seq),
+                encode("an outbox record", &record)?,
+            );
+        }
+        let stats = CommitStats {
+            upserts: cp.upserts.len(),
+            deletes: cp.deletes.len(),
+            positions: cp.positions.len(),
+            outbox: cp.outbox.len(),
+            bytes: batch.size_in_bytes(),
+        };
+        self.write_synced(batch, "committing a checkpoint")?;
+        Ok(stats)
+    }
+
+    /// The committed source positions (next offset to read) per topic/partition.
+    pub fn positions(&self) -> Result<BTreeMap<(String, u32), u64>, StateError> {
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_POSITIONS), IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(|e| self.rocks("reading positions", e))?;
+            let (topic, partition) =
+                keys::decode_position_key(&key).map_err(|e| self.bad_key(CF_POSITIONS, &key, e))?;
+            let offset = keys::decode_u64(&value)
+                .map_err(|e| self.corrupt(CF_POSITIONS, &key, format!("value: {e}")))?;
+            out.insert((topic, partition), offset);
+        }
+        Ok(out)
+    }
+
+    /// The committed watermark snapshot, if any checkpoint carried one.
+    pub fn watermarks<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        match self.get_meta(META_WATERMARKS)? {
+            None => Ok(None),
+            Some(raw) => postcard::from_bytes(&raw)
+                .map(Some)
+                .map_err(|e| self.corrupt(CF_META, META_WATERMARKS, e.to_string())),
+        }
+    }
+
+    /// Every stored key state whose key passes `filter` (e.g. "belongs to my shard"),
+    /// in key byte order, for restore.
+    pub fn keys<'s, T, F>(
+        &'s self,
+        filter: F,
+    ) -> impl Iterator<Item = Result<(String, T), StateError>> + 's
+    where
+        T: DeserializeOwned + 's,
+        F: Fn(&str) -> bool + 's,
+    {
+        self.db
+            .iterator_cf(self.cf(CF_KEYS), IteratorMode::Start)
+            .filter_map(move |item| {
+                let (raw_key, value) = match item {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(self.rocks("reading key states", e))),
+                };
+                let key = match keys::decode_state_key(&raw_key) {
+                    Ok(k) => k,
+                    Err(e) => return Some(Err(self.bad_key(CF_KEYS, &raw_key, e))),
+                };
+                if !filter(key) {
+                    return None;
+                }
+                Some(
+                    postcard::from_bytes::<T>(&value)
+                        .map(|state| (key.to_owned(), state))
+                        .map_err(|e| self.corrupt(CF_KEYS, &raw_key, e.to_string())),
+                )
+            })
+    }
+
+    /// The committed, not yet acknowledged output, in (topic, partition, seq) order.
+    pub fn outbox(&self) -> impl Iterator<Item = Result<OutboxEntry, StateError>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start)
+            .map(move |item| {
+                let (raw_key, value) = item.map_err(|e| self.rocks("reading the outbox", e))?;
+                self.decode_outbox(&raw_key, &value)
+            })
+    }
+
+    fn decode_outbox(&self, raw_key: &[u8], value: &[u8]) -> Result<OutboxEntry, StateError> {
+        let (topic, partition, seq) =
+            keys::decode_outbox_key(raw_key).map_err(|e| self.bad_key(CF_OUTBOX, raw_key, e))?;
+        let record: StoredRecord<'_> = postcard::from_bytes(value)
+            .map_err(|e| self.corrupt(CF_OUTBOX, raw_key, e.to_string()))?;
+        Ok(OutboxEntry {
+            topic,
+            partition,
+            seq,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.to_vec(),
+        })
+    }
+
+    /// Removes the published outbox entries of `topic`/`partition` with seq ≤ `up_to_seq`.
+    /// Not fsynced: see the module doc.
+    pub fn ack_outbox(
+        &self,
+        topic: &str,
+        partition: u32,
+        up_to_seq: u64,
+    ) -> Result<(), StateError> {
+        self.writable("acknowledge output")?;
+        let cf = self.cf(CF_OUTBOX);
+        let prefix = keys::partition_prefix(topic, partition);
+        let mut batch = WriteBatch::default();
+        let iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
+        for item in iter {
+            let (raw_key, _) = item.map_err(|e| self.rocks("acknowledging output", e))?;
+            let Some(seq_bytes) = raw_key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let seq =
+                keys::decode_u64(seq_bytes).map_err(|e| self.bad_key(CF_OUTBOX, &raw_key, e))?;
+            if seq > up_to_seq {
+                break;
+            }
+            batch.delete_cf(cf, &raw_key);
+        }
+        self.db
+            .write(batch)
+            .map_err(|e| self.rocks("acknowledging output", e))
+    }
+
+    /// Size estimates (cheap: RocksDB properties, no scan).
+    pub fn stats(&self) -> StateStats {
+        let prop = |cf: &'static str, name: &str| {
+            self.db
+                .property_int_value_cf(self.cf(cf), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        StateStats {
+            live_data_bytes: ALL_CFS
+                .iter()
+                .map(|cf| prop(cf, "rocksdb.estimate-live-data-size"))
+                .sum(),
+            keys: prop(CF_KEYS, "rocksdb.estimate-num-keys"),
+            outbox: prop(CF_OUTBOX, "rocksdb.estimate-num-keys"),
+            positions: prop(CF_POSITIONS, "rocksdb.estimate-num-keys"),
+        }
+    }
+
+    /// Flushes memtables and compacts every column family, dropping deleted data now
+    /// rather than when RocksDB gets to it (tests, `braid inspect --compact`).
+    pub fn compact(&self) -> Result<(), StateError> {
+        self.writable("compact")?;
+        for name in ALL_CFS {
+            let cf = self.cf(name);
+            self.db
+                .flush_cf(cf)
+                .map_err(|e| self.rocks("flushing", e))?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        // Every CF in ALL_CFS is opened (or the open failed), so this cannot miss.
+        self.db
+            .cf_handle(name)
+            .expect("state store opened with every column family")
+    }
+
+    fn write_synced(&self, batch: WriteBatch, action: &'static str) -> Result<(), StateError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| self.rocks(action, e))
+    }
+
+    fn writable(&self, action: &'static str) -> Result<(), StateError> {
+        if self.read_only {
+            return Err(StateError::ReadOnly {
+                dir: self.dir.clone(),
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(|e| self.rocks("reading metadata", e))
+    }
+
+    fn check_meta(&self, expected: Option<u128>) -> Result<(), StateError> {
+        let version = self.get_meta(META_FORMAT_VERSION)?;
+        let version = match version.as_deref().map(<[u8; 4]>::try_from) {
+            Some(Ok(bytes)) => u32::from_be_bytes(bytes),
+            _ => {
+                return Err(StateError::NotAStateStore {
+                    dir: self.dir.clone(),
+                    reason: "no layout version in its metadata".into(),
+                });
+            }
+        };
+        if version != FORMAT_VERSION {
+            return Err(StateError::UnsupportedVersion {
+                dir: self.dir.clone(),
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let stored = self.fingerprint()?;
+        if let Some(expected) = expected
+            && stored != expected
+        {
+            return Err(StateError::FingerprintMismatch {
+                dir: self.dir.clone(),
+                stored,
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    fn rocks(&self, action: &'static str, source: rocksdb::Error) -> StateError {
+        StateError::Rocks {
+            dir: self.dir.clone(),
+            action,
+            source,
+        }
+    }
+
+    fn corrupt(&self, cf: &'static str, key: &[u8], reason: impl Into<String>) -> StateError {
+        StateError::Corrupt {
+            dir: self.dir.clone(),
+            cf,
+            key: EscapedBytes(key.to_vec()),
+            reason: reason.into(),
+        }
+    }
+
+    fn bad_key(&self, cf: &'static str, key: &[u8], e: KeyError) -> StateError {
+        self.corrupt(cf, key, format!("key: {e}"))
+    }
+}
+
+/// RocksDB reports a held `LOCK` file only in its message text: "lock hold by current
+/// process" (same process) or "While lock file: …/LOCK: …" (another process). Matching
+/// the file name rather than "lock" keeps "block checksum mismatch" a corruption error.
+fn is_lock_error(e: &rocksdb::Error) -> bool {
+    let msg = e.to_string();
+    e.kind() == rocksdb::ErrorKind::IOError
+        && (msg.contains("lock hold by current process") || msg.contains("While lock file"))
+}
+
+fn is_empty_or_missing(dir: &Path) -> Result<bool, StateError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A non-empty directory must be a RocksDB with exactly braid's column families.
+fn check_is_state_store(dir: &Path) -> Result<(), StateError> {
+    let not = |reason: &str| StateError::NotAStateStore {
+        dir: dir.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if !dir.join("CURRENT").is_file() {
+        return Err(not("it is not empty and has no RocksDB CURRENT file"));
+    }
+    let cfs = DB::list_cf(&Options::default(), dir).map_err(|source| StateError::Rocks {
+        dir: dir.to_path_buf(),
+        action: "listing column families",
+        source,
+    })?;
+    if let Some(missing) = ALL_CFS.iter().find(|cf| !cfs.iter().any(|c| c == *cf)) {
+        return Err(not(&format!("it has no `{missing}` column family")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    const FP: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Ks {
+        sessions: Vec<(i64, i64)>,
+        ids: Vec<u64>,
+    }
+
+    fn ks(n: i64) -> Ks {
+        Ks {
+            sessions: vec![(n, n + 10)],
+            ids: vec![n as u64, 7],
+        }
+    }
+
+    fn entry(topic: &str, partition: u32, seq: u64) -> OutboxEntry {
+        OutboxEntry {
+            topic: topic.into(),
+            partition,
+            seq,
+            key: seq
+                .is_multiple_of(2)
+                .then(|| format!("k{seq}").into_bytes()),
+            value: format!("v{seq}").into_bytes(),
+        }
+    }
+
+    fn store_dir() -> (TempDir, PathBuf) {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path().join("state");
+        (tmp, dir)
+    }
+
+    fn all_keys(store: &StateStore) -> Vec<(String, Ks)> {
+        store.keys(|_| true).collect::<Result<_, _>>().unwrap()
+    }
+
+    fn all_outbox(store: &StateStore) -> Vec<OutboxEntry> {
+        store.outbox().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn commit_then_reopen_restores_everything() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert_eq!(store.watermarks::<Vec<i64>>().unwrap(), None);
+        let cp = Checkpoint {
+            upserts: vec![
+                ("alice", encode("ks", &ks(1)).unwrap()),
+                ("bob\u{0}\u{ff}", encode("ks", &ks(2)).unwrap()),
+                ("carol", encode("ks", &ks(3)).unwrap()),
+            ],
+            deletes: vec![],
+            positions: vec![
+                ("page.viewed", 0, 42),
+                ("page.viewed", 1, 7),
+                ("orders", 3, 1 << 40),
+            ],
+            watermarks: Some(encode("wm", &vec![5i64, -3]).unwrap()),
+            outbox: vec![entry("out", 0, 1), entry("out", 0, 2)],
+        };
+        let stats = store.commit(cp).unwrap();
+        assert_eq!((stats.upserts, stats.positions, stats.outbox), (3, 3, 2));
+        store
+            .commit(Checkpoint {
+                deletes: vec!["carol"],
+                upserts: vec![("alice", encode("ks", &ks(10)).unwrap())],
+                positions: vec![("page.viewed", 0, 50)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        drop(store);
+
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert_eq!(
+            all_keys(&store),
+            vec![
+                ("alice".to_string(), ks(10)),
+                ("bob\u{0}\u{ff}".to_string(), ks(2))
+            ]
+        );
+        let positions: Vec<_> = store.positions().unwrap().into_iter().collect();
+        assert_eq!(
+            positions,
+            vec![
+                (("orders".to_string(), 3), 1 << 40),
+                (("page.viewed".to_string(), 0), 50),
+                (("page.viewed".to_string(), 1), 7),
+            ]
+        );
+        assert_eq!(store.watermarks::<Vec<i64>>().unwrap(), Some(vec![5, -3]));
+        assert_eq!(
+            all_outbox(&store),
+            vec![entry("out", 0, 1), entry("out", 0, 2)]
+        );
+        assert_eq!(store.fingerprint().unwrap(), FP);
+    }
+
+    /// The real payloads: the session operator's `KeyState` and the watermark snapshot
+    /// survive postcard through the store unchanged.
+    #[test]
+    fn operator_state_and_watermarks_round_trip() {
+        use crate::engine::session::{EmittedSession, KeyState, OpenSession};
+        use crate::engine::{JourneyId, RecordEvent};
+        use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
+
+        let state = KeyState {
+            open: vec![OpenSession {
+                first: -5,
+                last: 1_700_000_000_000,
+                events: vec![RecordEvent {
+                    source: 2,
+                    partition: 7,
+                    offset: u64::MAX,
+                    time: -5,
+                    id: Some("e\u{0}1".into()),
+                    payload: r#"{"a":[1,2]}"#.into(),
+                }],
+            }],
+            emitted: vec![EmittedSession {
+                first: 1,
+                last: 2,
+                id: JourneyId(u128::MAX - 1),
+                forget_after: i64::MAX,
+                fingerprints: vec![3, u128::MAX],
+            }],
+            seen: [1u128, 1 << 100].into_iter().collect(),
+        };
+        let wm = WatermarkSnapshot {
+            job: i64::MIN,
+            partitions: vec![PartitionSnapshot {
+                id: PartitionId {
+                    source: 1,
+                    partition: 3,
+                },
+                watermark: 99,
+                max_event_time: None,
+            }],
+        };
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                upserts: vec![("k", encode("key state", &state).unwrap())],
+                watermarks: Some(encode("watermarks", &wm).unwrap()),
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        drop(store);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let restored: Vec<(String, KeyState)> =
+            store.keys(|_| true).collect::<Result<_, _>>().unwrap();
+        assert_eq!(restored, vec![("k".to_string(), state)]);
+        assert_eq!(store.watermarks::<WatermarkSnapshot>().unwrap(), Some(wm));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(u8, u8),
+        Delete(u8),
+        Emit(u8),
+        Ack(u8, u64),
+        Reopen,
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..6u8, any::<u8>()).prop_map(|(k, v)| Op::Upsert(k, v)),
+            2 => (0..6u8).prop_map(Op::Delete),
+            3 => (0..2u8).prop_map(Op::Emit),
+            2 => (0..2u8, 0..12u64).prop_map(|(p, s)| Op::Ack(p, s)),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Random checkpoints (each op is one commit), acks and reopens against a
+        /// BTreeMap model of keys and outbox.
+        #[test]
+        fn store_matches_a_simple_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+            let (_tmp, dir) = store_dir();
+            let mut store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+            let mut keys_model: BTreeMap<String, u8> = BTreeMap::new();
+            let mut outbox_model: BTreeMap<(u32, u64), ()> = BTreeMap::new();
+            let mut next_seq = [1u64, 1];
+            for op in ops {
+                match op {
+                    Op::Upsert(k, v) => {
+                        let name = format!("k{k}");
+                        store.commit(Checkpoint {
+                            upserts: vec![(&name, encode("v", &v).unwrap())],
+                            ..Checkpoint::default()
+                        }).unwrap();
+                        keys_model.insert(name, v);
+                    }
+                    Op::Delete(k) => {
+                        let name = format!("k{k}");
+                        store.commit(Checkpoint { deletes: vec![&name], ..Checkpoint::default() }).unwrap();
+                        keys_model.remove(&name);
+                    }
+                    Op::Emit(p) => {
+                        let seq = next_seq[p as usize];
+                        next_seq[p as usize] += 1;
+                        store.commit(Checkpoint {
+                            outbox: vec![entry("out", u32::from(p), seq)],
+                            ..Checkpoint::default()
+                        }).unwrap();
+                        outbox_model.insert((u32::from(p), seq), ());
+                    }
+                    Op::Ack(p, up_to) => {
+                        store.ack_outbox("out", u32::from(p), up_to).unwrap();
+                        outbox_model.retain(|&(mp, s), _| mp != u32::from(p) || s > up_to);
+                    }
+                    Op::Reopen => {
+                        drop(store);
+                        store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+                    }
+                }
+                let got: Vec<(String, u8)> = store.keys(|_| true).collect::<Result<_, _>>().unwrap();
+                let want: Vec<(String, u8)> = keys_model.clone().into_iter().collect();
+                proptest::prop_assert_eq!(got, want);
+                let got: Vec<OutboxEntry> = all_outbox(&store);
+                let want: Vec<OutboxEntry> =
+                    outbox_model.keys().map(|&(p, s)| entry("out", p, s)).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_filter_selects_keys() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        store
+            .commit(Checkpoint {
+                upserts: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.as_str(), encode("ks", &ks(i as i64)).unwrap()))
+                    .collect(),
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let odd: Vec<String> = store
+            .keys::<Ks, _>(|k| k.ends_with(['1', '3', '5', '7', '9']))
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(odd, vec!["k1", "k3", "k5", "k7", "k9"]);
+    }
+
+    /// Every checkpoint i writes key `k{i}`, position i, watermark i and outbox seq i:
+    /// whatever is observed through the API after a commit or a reopen must be one whole
+    /// checkpoint — all four column families agree on i.
+    #[test]
+    fn commits_are_all_or_nothing_across_column_families() {
+        let (_tmp, dir) = store_dir();
+        let check = |store: &StateStore, n: u64| {
+            let keys = all_keys(store);
+            assert_eq!(keys.len() as u64, n);
+            let positions = store.positions().unwrap();
+            assert_eq!(
+                positions.get(&("src".to_string(), 0)).copied(),
+                (n > 0).then_some(n)
+            );
+            assert_eq!(store.watermarks::<u64>().unwrap(), (n > 0).then_some(n));
+            let seqs: Vec<u64> = all_outbox(store).iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+        };
+        for round in 0..3u64 {
+            let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+            check(&store, round * 5);
+            for i in round * 5 + 1..=round * 5 + 5 {
+                let name = format!("k{i:03}");
+                store
+                    .commit(Checkpoint {
+                        upserts: vec![(&name, encode("ks", &ks(i as i64)).unwrap())],
+                        positions: vec![("src", 0, i)],
+                        watermarks: Some(encode("wm", &i).unwrap()),
+                        outbox: vec![entry("out", 0, i)],
+                        ..Checkpoint::default()
+                    })
+                    .unwrap();
+                check(&store, i);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_commit_writes_nothing() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        drop(store);
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        let err = ro
+            .commit(Checkpoint {
+                upserts: vec![("a", vec![1])],
+                ..Checkpoint::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is open read-only; cannot commit a checkpoint",
+                dir.display()
+            )
+        );
+        drop(ro);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert!(all_keys(&store).is_empty());
+    }
+
+    #[test]
+    fn outbox_iterates_in_seq_order_and_ack_is_scoped() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let seqs = [
+            1u64,
+            2,
+            255,
+            256,
+            257,
+            65_536,
+            1 << 32,
+            (1 << 32) + 1,
+            u64::MAX,
+        ];
+        // Committed out of order, across partitions and a topic that is a prefix of another.
+        let mut entries = Vec::new();
+        for &seq in seqs.iter().rev() {
+            for (topic, partition) in [("out", 1), ("out", 0), ("out.late", 0)] {
+                entries.push(entry(topic, partition, seq));
+            }
+        }
+        store
+            .commit(Checkpoint {
+                outbox: entries,
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let got = all_outbox(&store);
+        let mut expected = Vec::new();
+        for (topic, partition) in [("out", 0), ("out", 1), ("out.late", 0)] {
+            for &seq in &seqs {
+                expected.push(entry(topic, partition, seq));
+            }
+        }
+        assert_eq!(got, expected);
+
+        store.ack_outbox("out", 0, 1 << 32).unwrap();
+        let left: Vec<(String, u32, u64)> = all_outbox(&store)
+            .into_iter()
+            .map(|e| (e.topic, e.partition, e.seq))
+            .collect();
+        let mut expected: Vec<(String, u32, u64)> = [(1u64 << 32) + 1, u64::MAX]
+            .iter()
+            .map(|&s| ("out".to_string(), 0, s))
+            .collect();
+        for (topic, partition) in [("out", 1), ("out.late", 0)] {
+            expected.extend(seqs.iter().map(|&s| (topic.to_string(), partition, s)));
+        }
+        assert_eq!(left, expected);
+
+        store.ack_outbox("out", 0, u64::MAX).unwrap();
+        store.ack_outbox("nothing", 9, 5).unwrap();
+        assert_eq!(all_outbox(&store).len(), 2 * seqs.len());
+    }
+
+    #[test]
+    fn fingerprint_mismatch_is_refused() {
+        let (_tmp, dir) = store_dir();
+        drop(StateStore::open(&dir, FP, StateOptions::default()).unwrap());
+        let err = StateStore::open(&dir, 0xff, StateOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} was written for plan fingerprint 0123456789abcdef0011223344556677, but this plan has fingerprint 000000000000000000000000000000ff; the topology changed in a way the state cannot follow: replay into a new state directory",
+                dir.display()
+            )
+        );
+    }
+
+    #[test]
+    fn second_open_is_locked_but_read_only_works_alongside() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                upserts: vec![("alice", encode("ks", &ks(1)).unwrap())],
+                positions: vec![("src", 0, 9)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let err = StateStore::open(&dir, FP, StateOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is locked by another open store (another `braid run` on the same state?)",
+                dir.display()
+            )
+        );
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        assert_eq!(all_keys(&ro), vec![("alice".to_string(), ks(1))]);
+        assert_eq!(ro.positions().unwrap().len(), 1);
+        assert_eq!(ro.fingerprint().unwrap(), FP);
+    }
+
+    #[test]
+    fn a_foreign_directory_is_refused() {
+        let tmp = TempDir::new().unwrap();
+        std::fs::write(tmp.path().join("notes.txt"), "hello").unwrap();
+        let err = StateStore::open(tmp.path(), FP, StateOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is not a braid state store (it is not empty and has no RocksDB CURRENT file); refusing to use it",
+                tmp.path().display()
+            )
+        );
+        // A RocksDB of someone else: no braid column families.
+        let other = tmp.path().join("other");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        drop(DB::open(&opts, &other).unwrap());
+        let err = StateStore::open(&other, FP, StateOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is not a braid state store (it has no `meta` column family); refusing to use it",
+                other.display()
+            )
+        );
+        let err = StateStore::open_read_only(&tmp.path().join("missing")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is not a braid state store (it is empty or missing); refusing to use it",
+                tmp.path().join("missing").display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_not_a_fresh_start() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                positions: vec![("src", 0, 5)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        drop(store);
+        std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+        let err = StateStore::open(&dir, FP, StateOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        let prefix = format!(
+            "state directory {}: RocksDB error while listing column families: ",
+            dir.display()
+        );
+        assert!(msg.starts_with(&prefix), "{msg}");
+        assert!(matches!(err, StateError::Rocks { .. }));
+        // The damaged directory was left as it was.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("CURRENT")).unwrap(),
+            "MANIFEST-999999\n"
+        );
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_naming_the_entry() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                upserts: vec![("a\u{1}", vec![0xff, 0xff])],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let err = store.keys::<Ks, _>(|_| true).next().unwrap().unwrap_err();
+        let msg = err.to_string();
+        let prefix = format!(
+            "state directory {}: corrupt entry in column family `keys` at key \"a\\x01\": ",
+            dir.display()
+        );
+        assert!(msg.starts_with(&prefix), "{msg}");
+    }
+
+    #[test]
+    fn state_leaves_the_store_when_keys_are_deleted() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let names: Vec<String> = (0..20_000).map(|i| format!("customer-{i:06}")).collect();
+        let payload = encode("ks", &(0..40u64).collect::<Vec<_>>()).unwrap();
+        for chunk in names.chunks(5_000) {
+            store
+                .commit(Checkpoint {
+                    upserts: chunk
+                        .iter()
+                        .map(|k| (k.as_str(), payload.clone()))
+                        .collect(),
+                    ..Checkpoint::default()
+                })
+                .unwrap();
+        }
+        store.compact().unwrap();
+        let full = store.stats();
+        assert!(full.live_data_bytes > 100_000, "{full:?}");
+        assert!(full.keys > 10_000, "{full:?}");
+
+        for chunk in names.chunks(5_000) {
+            store
+                .commit(Checkpoint {
+                    deletes: chunk.iter().map(String::as_str).collect(),
+                    ..Checkpoint::default()
+                })
+                .unwrap();
+        }
+        store.compact().unwrap();
+        let empty = store.stats();
+        assert_eq!(store.keys::<Vec<u64>, _>(|_| true).count(), 0);
+        assert_eq!(empty.keys, 0, "{empty:?}");
+        assert!(empty.live_data_bytes < 4_096, "{empty:?}");
+    }
+}
