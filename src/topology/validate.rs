@@ -151,18 +151,29 @@ fn check_name(
     }
 }
 
+/// Parses a spanned string, reporting a failure at its position with the error's hint.
+fn parse_reported<T, E: std::fmt::Display>(
+    value: &Spanned<String>,
+    field: &str,
+    d: &mut Diagnostics<'_>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    hint: impl FnOnce(&E) -> String,
+) -> Option<T> {
+    match parse(value.get_ref()) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            d.report(value.span(), field, error.to_string(), Some(hint(&error)));
+            None
+        }
+    }
+}
+
 fn parse_duration(
     value: &Spanned<String>,
     field: &str,
     d: &mut Diagnostics<'_>,
 ) -> Option<Duration> {
-    match duration::parse(value.get_ref()) {
-        Ok(parsed) => Some(parsed),
-        Err(error) => {
-            d.report(value.span(), field, error.to_string(), Some(error.hint()));
-            None
-        }
-    }
+    parse_reported(value, field, d, duration::parse, |e| e.hint())
 }
 
 /// A duration that defaults when absent.
@@ -207,13 +218,7 @@ fn parse_pointer(
     field: &str,
     d: &mut Diagnostics<'_>,
 ) -> Option<JsonPointer> {
-    match JsonPointer::parse(value.get_ref()) {
-        Ok(pointer) => Some(pointer),
-        Err(error) => {
-            d.report(value.span(), field, error.to_string(), Some(error.hint()));
-            None
-        }
-    }
+    parse_reported(value, field, d, JsonPointer::parse, |e| e.hint())
 }
 
 /// Reports a reference to a topic that no `[[source]]` declares.
@@ -447,18 +452,11 @@ fn validate_sources(raw: &[Spanned<RawSource>], d: &mut Diagnostics<'_>) -> Vec<
         };
         let start = match &s.start {
             None => Some(StartPosition::Beginning),
-            Some(text) => match text.get_ref().parse::<StartPosition>() {
-                Ok(start) => Some(start),
-                Err(error) => {
-                    d.report(
-                        text.span(),
-                        path("start"),
-                        error.to_string(),
-                        Some(error.hint().to_owned()),
-                    );
-                    None
-                }
-            },
+            Some(text) => {
+                parse_reported(text, &path("start"), d, str::parse::<StartPosition>, |e| {
+                    e.hint().to_owned()
+                })
+            }
         };
         let source = (|| {
             Some(Source {
