@@ -198,9 +198,7 @@ struct GenArgs {
 }
 
 fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|d| d.timestamp_millis())
-        .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
+    crate::decode::parse_rfc3339(s).ok_or_else(|| format!("invalid RFC 3339 time {s:?}"))
 }
 
 /// An error caused by how the command was called (exit code 2).
@@ -452,8 +450,7 @@ fn topic(log: &Log, cmd: TopicCommand) -> anyhow::Result<()> {
 }
 
 /// Key of a JSON line by pointer: strings as-is, integers as decimal text.
-fn key_of(line: &[u8], pointer: &str) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+fn key_of(value: &serde_json::Value, pointer: &str) -> Option<Vec<u8>> {
     match value.pointer(pointer)? {
         serde_json::Value::String(s) => Some(s.clone().into_bytes()),
         serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
@@ -493,8 +490,8 @@ fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok();
-        if !is_json {
+        let parsed = serde_json::from_slice::<serde_json::Value>(&line).ok();
+        if parsed.is_none() {
             if args.validate_json {
                 eprintln!("{source_name}:{}: not valid JSON; not appended", n + 1);
                 rejected += 1;
@@ -502,7 +499,11 @@ fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
             }
             malformed += 1;
         }
-        let key = args.key_pointer.as_deref().and_then(|p| key_of(&line, p));
+        let key = args
+            .key_pointer
+            .as_deref()
+            .zip(parsed.as_ref())
+            .and_then(|(p, v)| key_of(v, p));
         match &key {
             Some(_) => keyed += 1,
             None => unkeyed += 1,
@@ -549,12 +550,7 @@ fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut stop_at = Vec::new();
     for &p in &partitions {
         let info = log.partition_info(&meta.name, p)?;
-        let start = match args.from {
-            StartPosition::Beginning => info.start_offset,
-            StartPosition::End => info.end_offset,
-            StartPosition::Offset(o) => o,
-            StartPosition::Timestamp(ts) => log.offset_for_timestamp(&meta.name, p, ts)?,
-        };
+        let start = log.resolve_start(&meta.name, &info, args.from)?;
         readers.push(log.reader(&meta.name, p, start)?);
         stop_at.push(info.end_offset);
     }

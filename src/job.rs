@@ -28,8 +28,8 @@ use serde::Serialize;
 use crate::decode::{DecoderConfig, Event};
 use crate::engine::{Operator, Output, SessionConfig};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, WriterOptions, partition_for_key};
-use crate::time::{PartitionId, WatermarkConfig, Watermarks};
-use crate::topology::{Broker, Correlation, Plan, StartPosition};
+use crate::time::{PartitionId, WatermarkConfig, Watermarks, wall_clock_ms};
+use crate::topology::{Broker, Correlation, Plan};
 
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
@@ -106,12 +106,6 @@ const BATCH: usize = 1024;
 const CHANNEL_BATCHES: usize = 8;
 /// Longest time an output record waits in the sink before it is appended and synced.
 const SINK_FLUSH: Duration = Duration::from_millis(20);
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Runs `plan` against the embedded log until the input ends (bounded) or `stop` is set.
 pub fn run(
@@ -263,12 +257,7 @@ fn source_stage(
         let meta = log.topic(&src.topic)?;
         for p in 0..meta.partitions {
             let info = log.partition_info(&src.topic, p)?;
-            let start = match src.start {
-                StartPosition::Beginning => info.start_offset,
-                StartPosition::End => info.end_offset,
-                StartPosition::Offset(o) => o,
-                StartPosition::Timestamp(ts) => log.offset_for_timestamp(&src.topic, p, ts)?,
-            };
+            let start = log.resolve_start(&src.topic, &info, src.start)?;
             if let Some(w) = &mut watcher {
                 w.watch(&log.partition_dir(&src.topic, p))?;
             }
@@ -295,7 +284,7 @@ fn source_stage(
         out_of_orderness: plan.time.out_of_orderness,
         idle_timeout,
     };
-    let mut watermarks = Watermarks::new(wm_config, inputs.iter().map(|i| i.id), now_ms());
+    let mut watermarks = Watermarks::new(wm_config, inputs.iter().map(|i| i.id), wall_clock_ms());
     let mut batches: Vec<Vec<ShardMsg>> = shards.iter().map(|_| Vec::new()).collect();
     let mut dead: Vec<OutRecord> = Vec::new();
     let (mut records_in, mut dead_letters) = (0u64, 0u64);
@@ -323,7 +312,7 @@ fn source_stage(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let now = now_ms();
+        let now = wall_clock_ms();
         let mut oldest: Option<i64> = None;
         for input in inputs.iter_mut().filter(|i| !i.done) {
             if let Some(ts) = input.reader.peek_timestamp()? {

@@ -28,6 +28,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The wall clock in epoch milliseconds: the one place braid reads it (processing time
+/// for idleness, append time in the log). Operators never call it; callers inject it.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The time policy of a job (from the topology's `[time]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

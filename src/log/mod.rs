@@ -290,6 +290,22 @@ impl Log {
         partition::offset_for_timestamp(&self.partition_ref(topic, partition)?, timestamp_ms)
     }
 
+    /// The offset a start position names in a partition described by `info`.
+    pub fn resolve_start(
+        &self,
+        topic: &str,
+        info: &PartitionInfo,
+        start: crate::topology::StartPosition,
+    ) -> Result<u64, LogError> {
+        use crate::topology::StartPosition;
+        Ok(match start {
+            StartPosition::Beginning => info.start_offset,
+            StartPosition::End => info.end_offset,
+            StartPosition::Offset(o) => o,
+            StartPosition::Timestamp(ts) => self.offset_for_timestamp(topic, info.partition, ts)?,
+        })
+    }
+
     /// A producer for `topic`, taking each partition's writer lock on first use.
     pub fn producer(&self, topic: &str, opts: WriterOptions) -> Result<Producer, LogError> {
         let meta = self.topic(topic)?;
@@ -346,7 +362,7 @@ impl Producer {
 
     /// Queues a record stamped with the wall clock; returns the partition it goes to.
     pub fn send(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<u32, LogError> {
-        self.send_at(key, value, partition::now_ms())
+        self.send_at(key, value, crate::time::wall_clock_ms())
     }
 
     /// Queues a record with its own append time (e.g. a simulated arrival time, so that a

@@ -176,7 +176,7 @@ impl PartitionWriter {
     where
         I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8])>,
     {
-        self.append_at(records, now_ms())
+        self.append_at(records, crate::time::wall_clock_ms())
     }
 
     /// Appends records with one append time for the whole batch.
@@ -304,12 +304,6 @@ impl Drop for PartitionWriter {
             let _ = self.log.sync_data();
         }
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 struct Recovered {

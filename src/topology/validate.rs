@@ -79,30 +79,20 @@ pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan
     let topics: Vec<&str> = sources.iter().filter_map(|s| s.topic()).collect();
     let correlation = match &raw.correlate {
         Some(correlate) => validate_correlate(correlate, &sources, d),
-        None if d.reported("correlate") => None,
-        None => {
-            d.report(
-                TOP,
-                "correlate",
-                "missing required section [correlate]",
-                Some("add a [correlate] section with a kind, e.g. kind = \"session\"".to_owned()),
-            );
-            None
-        }
+        None => missing_section(
+            "correlate",
+            "add a [correlate] section with a kind, e.g. kind = \"session\"",
+            d,
+        ),
     };
     let time = validate_time(raw.time.as_ref(), d);
     let output = match &raw.output {
         Some(output) => validate_output(output, &topics, d),
-        None if d.reported("output") => None,
-        None => {
-            d.report(
-                TOP,
-                "output",
-                "missing required section [output]",
-                Some("add an [output] section with journeys = \"<topic>\"".to_owned()),
-            );
-            None
-        }
+        None => missing_section(
+            "output",
+            "add an [output] section with journeys = \"<topic>\"",
+            d,
+        ),
     };
     let limits = validate_limits(raw.limits.as_ref(), d);
     let checkpoint = validate_checkpoint(raw.checkpoint.as_ref(), d);
@@ -149,6 +139,20 @@ fn check_name(
             None
         }
     }
+}
+
+/// Reports a required section that is absent (unless a problem was already reported for
+/// it, e.g. a wrong type that removed it).
+fn missing_section<T>(name: &str, hint: &str, d: &mut Diagnostics<'_>) -> Option<T> {
+    if !d.reported(name) {
+        d.report(
+            TOP,
+            name,
+            format!("missing required section [{name}]"),
+            Some(hint.to_owned()),
+        );
+    }
+    None
 }
 
 /// Parses a spanned string, reporting a failure at its position with the error's hint.
