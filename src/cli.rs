@@ -70,6 +70,9 @@ enum Command {
         /// Override the topology's shard count (worker threads).
         #[arg(long)]
         shards: Option<usize>,
+        /// Override the topology's state directory (checkpoints; a run resumes from it).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
     /// Read and JSON-parse every source record of a topology (the benchmarks' baseline).
     #[command(after_help = "Example:\n  braid scan topologies/customer_journey.toml")]
@@ -254,12 +257,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bounded,
             summary_json,
             shards,
+            state,
         } => run_job(
             cli.log.as_deref(),
             &topology,
-            bounded,
-            shards,
-            summary_json.as_deref(),
+            RunArgs {
+                bounded,
+                shards,
+                state,
+                summary_json,
+            },
         ),
         Command::Validate { file } => validate(&file),
         Command::Scan {
@@ -347,25 +354,37 @@ fn scan(
     write_json(summary_json, &s)
 }
 
+/// `braid run` options beyond the topology file.
+struct RunArgs {
+    bounded: bool,
+    shards: Option<usize>,
+    state: Option<PathBuf>,
+    summary_json: Option<PathBuf>,
+}
+
 fn run_job(
     log_override: Option<&std::path::Path>,
     file: &std::path::Path,
-    bounded: bool,
-    shards: Option<usize>,
-    summary_json: Option<&std::path::Path>,
+    args: RunArgs,
 ) -> anyhow::Result<()> {
     let mut plan = load_plan(file)?;
-    if let Some(n) = shards {
+    if let Some(n) = args.shards {
         if n == 0 {
             return Err(UsageError("--shards must be at least 1".into()).into());
         }
         plan.shards = n;
     }
+    if let Some(dir) = args.state {
+        plan.state = dir;
+    }
     let log = plan_log(log_override, &plan)?;
     let stop = stop_on_signal();
-    let summary = crate::job::run(&plan, &log, crate::job::RunOptions { bounded }, &stop)?;
+    let opts = crate::job::RunOptions {
+        bounded: args.bounded,
+    };
+    let summary = crate::job::run(&plan, &log, opts, &stop)?;
     println!(
-        "{}: {} records in, {} journeys, {} late, {} duplicates, {} dead letters in {:.2}s ({:.0} events/s, {} shards)",
+        "{}: {} records in, {} journeys, {} late, {} duplicates, {} dead letters in {:.2}s ({:.0} events/s, {} shards, {} checkpoints{})",
         plan.name,
         summary.records_in,
         summary.journeys,
@@ -374,9 +393,19 @@ fn run_job(
         summary.dead_letters,
         summary.millis as f64 / 1000.0,
         summary.events_per_second(),
-        summary.shards
+        summary.shards,
+        summary.checkpoints,
+        if summary.resumed {
+            format!(
+                ", resumed from {}, {} republished",
+                plan.state.display(),
+                summary.republished
+            )
+        } else {
+            String::new()
+        }
     );
-    write_json(summary_json, &summary)
+    write_json(args.summary_json.as_deref(), &summary)
 }
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {

@@ -1,10 +1,13 @@
 //! The job runtime: one topology, running. It wires the data flow's stages together:
 //!
 //! ```text
-//! source thread: readers of every source partition → decode → watermarks ─┐ (bounded channels)
-//!                dead letters ───────────────────────────────────────────┐ ├─▶ shard 0 … N-1
-//! shard threads: one operator each (on_event / on_watermark), records → JSON┘ │
-//! sink thread:   output topics (journeys, late, dead letters), keyed ◀──────┘
+//! source thread:    readers of every source partition → decode → watermarks ──┐ bounded
+//!                   dead letters, checkpoint barriers ──────────────────────┐ │ channels
+//! shard threads:    one operator each (on_event / on_watermark) ◀────────────┼─┘
+//!                   records, changed key states at each barrier ──────────┐ │
+//! committer thread: assembles a checkpoint from every stage's part ◀──────┴─┘
+//!                   → ONE RocksDB batch (state, positions, watermarks, outbox)
+//!                   → outbox relay appends it to the output topics, then acks
 //! ```
 //!
 //! Invariants:
@@ -12,23 +15,42 @@
 //!   watermarks, placed between its events exactly where the source stage computed them. So
 //!   each key's operator sees the same input whatever the shard count, and emits the same
 //!   records in the same order: results do not depend on the number of shards.
-//! - Channels are bounded: a slow sink back-pressures the shards, which back-pressure the
-//!   source. No lock is shared between stages.
+//! - Sources are read in slices of append time (every partition up to the same horizon);
+//!   the watermark advances and checkpoints are taken only between slices. A checkpoint
+//!   is thus a point the uninterrupted run also passed through with the same state, and
+//!   a bounded run resumed from it produces exactly what the uninterrupted run produces.
+//! - A checkpoint barrier travels in-band behind the events and watermark that precede it:
+//!   each shard's part (its output since the previous barrier and the states of the keys
+//!   it changed) is exactly its effect of the input before the positions the source
+//!   reports for that barrier. The committer writes all parts of one barrier in one batch.
+//! - Output reaches the output topics only from a committed checkpoint (see
+//!   [`crate::outbox`]): a crash anywhere loses nothing and publishes nothing twice.
+//! - Operators keep their state in memory as a bounded cache over RocksDB: a key's state
+//!   is written behind at checkpoints, and a key is evicted only once the checkpoint
+//!   holding its current state is committed.
+//! - Channels are bounded: a slow committer back-pressures the shards, which back-pressure
+//!   the source. No lock is held across blocking calls.
 //! - Processing time is read here, at the edge, and injected into the watermark tracker;
 //!   operators never see a clock.
-//! - State is in memory in this version; RocksDB-backed state, checkpoints and restart come
-//!   with the checkpoint work (see docs/semantics.md, "Delivery and recovery").
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
-use crate::engine::{Operator, Output, SessionConfig};
-use crate::log::{Log, LogError, PartitionReader, TailWatcher, WriterOptions, partition_for_key};
-use crate::time::{PartitionId, WatermarkConfig, Watermarks, wall_clock_ms};
+use crate::engine::session::{KeyLoader, KeyState};
+use crate::engine::{Operator, Output, SessionConfig, SessionOperator};
+use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
+use crate::outbox::{
+    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
+};
+use crate::state::{Checkpoint, StateError, StateOptions, StateStore, encode};
+use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
 
 /// Why a job could not run.
@@ -40,6 +62,18 @@ pub enum JobError {
         #[source]
         source: LogError,
     },
+    #[error("job {job}")]
+    State {
+        job: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("job {job}")]
+    Outbox {
+        job: String,
+        #[source]
+        source: OutboxError,
+    },
     #[error(
         "job {job}: correlation kind `{kind}` is not available yet in this version (available: session)"
     )]
@@ -50,6 +84,17 @@ pub enum JobError {
     UnsupportedBroker { job: String, broker: &'static str },
     #[error("job {job}: {message}")]
     Operator { job: String, message: String },
+    #[error(
+        "job {job}: the checkpoint in {state} resumes topic `{topic}` partition {partition} at offset {position}, but the log ends at offset {end}: the log was reset or replaced; replay into a new state directory"
+    )]
+    PositionBeyondEnd {
+        job: String,
+        state: PathBuf,
+        topic: String,
+        partition: u32,
+        position: u64,
+        end: u64,
+    },
     #[error("job {job}: the {stage} stage stopped unexpectedly")]
     StageFailed { job: String, stage: &'static str },
 }
@@ -71,6 +116,16 @@ pub struct Summary {
     pub dead_letters: u64,
     pub shards: usize,
     pub millis: u64,
+    /// Checkpoints committed by this run.
+    pub checkpoints: u64,
+    /// Whether the run resumed from a checkpoint.
+    pub resumed: bool,
+    /// Output records a previous run had committed but not published, published now.
+    pub republished: u64,
+    /// Largest RocksDB estimate of stored key states seen at a checkpoint.
+    pub state_keys_peak: u64,
+    /// Largest RocksDB estimate of live data (bytes) seen at a checkpoint.
+    pub state_bytes_peak: u64,
 }
 
 impl Summary {
@@ -79,24 +134,48 @@ impl Summary {
     }
 }
 
+/// What the committer checkpoints besides state, positions and outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct JobSnapshot {
+    /// The last committed checkpoint's number.
+    epoch: u64,
+    watermarks: WatermarkSnapshot,
+    /// Next output sequence number per output topic/partition.
+    sequences: Vec<(String, u32, u64)>,
+}
+
 /// A message from the source stage to a shard.
 enum ShardMsg {
     Event(Event),
     Watermark(i64),
+    /// Checkpoint `n`: report what changed since the previous one.
+    Barrier(u64),
 }
 
-/// Which output topic a record goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutKind {
-    Journey,
-    Late,
-    DeadLetter,
+/// A message to the committer, from the source (slot `shards`) or a shard (its index).
+enum ToCommitter {
+    Records {
+        from: usize,
+        records: Vec<OutRecord>,
+    },
+    Barrier {
+        from: usize,
+        epoch: u64,
+        part: Part,
+    },
 }
 
-struct OutRecord {
-    kind: OutKind,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
+/// One stage's share of a checkpoint.
+enum Part {
+    Shard {
+        upserts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+        duplicates: u64,
+    },
+    Source {
+        positions: Vec<(String, u32, u64)>,
+        watermarks: WatermarkSnapshot,
+    },
 }
 
 /// Events or records are sent in batches of about this many, to keep channel overhead off
@@ -104,10 +183,12 @@ struct OutRecord {
 const BATCH: usize = 1024;
 /// Batches in flight per channel (the backpressure bound).
 const CHANNEL_BATCHES: usize = 8;
-/// Longest time an output record waits in the sink before it is appended and synced.
-const SINK_FLUSH: Duration = Duration::from_millis(20);
+/// Keys whose state a shard keeps in memory; beyond this, clean keys are evicted to
+/// RocksDB (their state is read back when an event or a timer needs it).
+const CACHED_KEYS_PER_SHARD: usize = 1 << 20;
 
 /// Runs `plan` against the embedded log until the input ends (bounded) or `stop` is set.
+/// State lives in `plan.state`; a run resumes from the checkpoint it finds there.
 pub fn run(
     plan: &Plan,
     log: &Log,
@@ -116,6 +197,14 @@ pub fn run(
 ) -> Result<Summary, JobError> {
     let job = plan.name.clone();
     let log_err = |source| JobError::Log {
+        job: job.clone(),
+        source,
+    };
+    let state_err = |source| JobError::State {
+        job: job.clone(),
+        source,
+    };
+    let outbox_err = |source| JobError::Outbox {
         job: job.clone(),
         source,
     };
@@ -145,6 +234,14 @@ pub fn run(
     let started = Instant::now();
     let shards = plan.shards.max(1);
 
+    let store = Arc::new(
+        StateStore::open(&plan.state, plan.fingerprint().0, StateOptions::default())
+            .map_err(state_err)?,
+    );
+    let snapshot: Option<JobSnapshot> = store.watermarks().map_err(state_err)?;
+    let resumed = snapshot.is_some();
+    let snapshot = snapshot.unwrap_or_default();
+
     // Output topics are created when missing, with the first source's partition count.
     let first = log.topic(&plan.sources[0].topic).map_err(log_err)?;
     for topic in [
@@ -156,14 +253,36 @@ pub fn run(
             log.create_topic(topic, first.partitions).map_err(log_err)?;
         }
     }
-    let (sink_tx, sink_rx) = sync_channel::<Vec<OutRecord>>(CHANNEL_BATCHES * shards);
-    let sink = {
-        let log = log.clone();
-        let plan = plan.clone();
+    let sequences: SequenceCounters = snapshot
+        .sequences
+        .iter()
+        .map(|(t, p, s)| ((t.clone(), *p), *s))
+        .collect();
+    let mut outbox = Outbox::new(
+        &plan.name,
+        log,
+        [
+            &plan.output.journeys,
+            &plan.output.late,
+            &plan.output.dead_letters,
+        ],
+        sequences,
+    )
+    .map_err(outbox_err)?;
+    let republished = outbox.recover(&store, !resumed).map_err(outbox_err)?;
+    if resumed {
+        tracing::info!(job = %job, state = %plan.state.display(), epoch = snapshot.epoch, republished, "resuming from checkpoint");
+    }
+
+    let committed = Arc::new(AtomicU64::new(snapshot.epoch));
+    let (commit_tx, commit_rx) = sync_channel::<ToCommitter>(CHANNEL_BATCHES * (shards + 1));
+    let committer = {
+        let store = store.clone();
+        let committed = committed.clone();
         std::thread::Builder::new()
-            .name("braid-sink".into())
-            .spawn(move || sink_stage(&log, &plan, sink_rx))
-            .expect("spawn sink thread")
+            .name("braid-commit".into())
+            .spawn(move || committer_stage(&store, outbox, commit_rx, shards, &committed))
+            .expect("spawn committer thread")
     };
     let mut shard_txs = Vec::with_capacity(shards);
     let mut shard_handles = Vec::with_capacity(shards);
@@ -173,46 +292,76 @@ pub fn run(
             job: job.clone(),
             message: e.to_string(),
         })?;
-        let out = sink_tx.clone();
+        let shard = Shard {
+            index: i,
+            count: shards,
+            store: store.clone(),
+            committed: committed.clone(),
+            out: commit_tx.clone(),
+        };
         shard_txs.push(tx);
         shard_handles.push(
             std::thread::Builder::new()
                 .name(format!("braid-shard-{i}"))
-                .spawn(move || shard_stage(op, rx, out))
+                .spawn(move || shard.run(op, rx))
                 .expect("spawn shard thread"),
         );
     }
-    let source = source_stage(plan, log, opts, stop, &shard_txs, &sink_tx);
+    let source = SourceStage {
+        plan,
+        log,
+        opts,
+        stop,
+        shards: &shard_txs,
+        committer: &commit_tx,
+        slot: shards,
+    }
+    .run(&store, resumed.then_some(&snapshot));
     drop(shard_txs);
-    drop(sink_tx);
-    let mut duplicates = 0;
-    let mut shard_failed = false;
+    drop(commit_tx);
+    let mut shard_error = None;
     for h in shard_handles {
         match h.join() {
-            Ok(d) => duplicates += d,
-            Err(_) => shard_failed = true,
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => shard_error = Some(state_err(e)),
+            Err(_) => {
+                shard_error = Some(JobError::StageFailed {
+                    job: job.clone(),
+                    stage: "shard",
+                })
+            }
         }
     }
-    let sunk = sink.join();
-    let (records_in, dead_letters) = source.map_err(log_err)?;
-    if shard_failed {
-        return Err(JobError::StageFailed {
-            job,
-            stage: "shard",
-        });
+    let committed = committer.join();
+    let source = source.map_err(|e| match e {
+        SourceError::Log(e) => log_err(e),
+        SourceError::Job(e) => e,
+    })?;
+    if let Some(e) = shard_error {
+        return Err(e);
     }
-    let counts = match sunk {
-        Ok(c) => c.map_err(log_err)?,
-        Err(_) => return Err(JobError::StageFailed { job, stage: "sink" }),
+    let counts = match committed {
+        Ok(c) => c.map_err(outbox_err)?,
+        Err(_) => {
+            return Err(JobError::StageFailed {
+                job,
+                stage: "committer",
+            });
+        }
     };
     Ok(Summary {
-        records_in,
+        records_in: source.records_in,
         journeys: counts.journeys,
         late: counts.late,
-        duplicates,
-        dead_letters,
+        duplicates: counts.duplicates,
+        dead_letters: source.dead_letters,
         shards,
         millis: started.elapsed().as_millis() as u64,
+        checkpoints: counts.checkpoints,
+        resumed,
+        republished,
+        state_keys_peak: counts.state_keys_peak,
+        state_bytes_peak: counts.state_bytes_peak,
     })
 }
 
@@ -225,291 +374,577 @@ struct Input {
     done: bool,
 }
 
-/// Reads every source partition round-robin, decodes, tracks watermarks and routes events
-/// to shards. Returns (records read, dead letters).
-fn source_stage(
-    plan: &Plan,
-    log: &Log,
-    opts: RunOptions,
-    stop: &AtomicBool,
-    shards: &[SyncSender<Vec<ShardMsg>>],
-    sink: &SyncSender<Vec<OutRecord>>,
-) -> Result<(u64, u64), LogError> {
-    let mut decoders = Vec::new();
-    let mut inputs = Vec::new();
-    let mut watcher = if opts.bounded {
-        None
-    } else {
-        Some(TailWatcher::new()?)
-    };
-    for (i, src) in plan.sources.iter().enumerate() {
-        decoders.push(
-            DecoderConfig {
-                topic: src.topic.clone(),
-                source_index: i as u16,
-                key: src.key.as_str().to_string(),
-                time: src.time.as_str().to_string(),
-                id: src.id.as_ref().map(|p| p.as_str().to_string()),
-                max_record_bytes: plan.limits.max_record_bytes as usize,
-            }
-            .build(),
-        );
-        let meta = log.topic(&src.topic)?;
-        for p in 0..meta.partitions {
-            let info = log.partition_info(&src.topic, p)?;
-            let start = log.resolve_start(&src.topic, &info, src.start)?;
-            if let Some(w) = &mut watcher {
-                w.watch(&log.partition_dir(&src.topic, p))?;
-            }
-            inputs.push(Input {
-                id: PartitionId {
-                    source: i as u16,
-                    partition: p,
-                },
-                topic: src.topic.clone(),
-                reader: log.reader(&src.topic, p, start)?,
-                end: info.end_offset,
-                done: false,
-            });
-        }
+enum SourceError {
+    Log(LogError),
+    Job(JobError),
+}
+
+impl From<LogError> for SourceError {
+    fn from(e: LogError) -> Self {
+        SourceError::Log(e)
     }
-    // In a bounded run a partition that reached its end can never hold the watermark back,
-    // so it becomes idle at once; a live run waits the configured idle timeout.
-    let idle_timeout = if opts.bounded {
-        Duration::ZERO
-    } else {
-        plan.time.idle_timeout
-    };
-    let wm_config = WatermarkConfig {
-        out_of_orderness: plan.time.out_of_orderness,
-        idle_timeout,
-    };
-    let mut watermarks = Watermarks::new(wm_config, inputs.iter().map(|i| i.id), wall_clock_ms());
-    let mut batches: Vec<Vec<ShardMsg>> = shards.iter().map(|_| Vec::new()).collect();
-    let mut dead: Vec<OutRecord> = Vec::new();
-    let (mut records_in, mut dead_letters) = (0u64, 0u64);
-    let n_shards = shards.len() as u32;
-    // Sends the batches holding at least `min` messages (all non-empty ones for 0). A send
-    // fails only when the receiving stage is gone; joining it reports that.
-    let send = |batches: &mut Vec<Vec<ShardMsg>>, dead: &mut Vec<OutRecord>, min: usize| {
-        for (tx, b) in shards.iter().zip(batches.iter_mut()) {
+}
+
+#[derive(Default)]
+struct SourceCounts {
+    records_in: u64,
+    dead_letters: u64,
+}
+
+struct SourceStage<'a> {
+    plan: &'a Plan,
+    log: &'a Log,
+    opts: RunOptions,
+    stop: &'a AtomicBool,
+    shards: &'a [SyncSender<Vec<ShardMsg>>],
+    committer: &'a SyncSender<ToCommitter>,
+    /// This stage's slot at the committer.
+    slot: usize,
+}
+
+/// Batches on their way to the shards and the committer.
+struct Outgoing {
+    shards: Vec<Vec<ShardMsg>>,
+    dead: Vec<OutRecord>,
+}
+
+impl SourceStage<'_> {
+    /// Sends the batches holding at least `min` messages (all non-empty ones for 0).
+    /// False when a receiving stage is gone (joining it reports why).
+    fn send(&self, out: &mut Outgoing, min: usize) -> bool {
+        let mut ok = true;
+        for (tx, b) in self.shards.iter().zip(out.shards.iter_mut()) {
             if !b.is_empty() && b.len() >= min {
-                let _ = tx.send(std::mem::take(b));
+                ok &= tx.send(std::mem::take(b)).is_ok();
             }
         }
-        if !dead.is_empty() && dead.len() >= min {
-            let _ = sink.send(std::mem::take(dead));
+        if !out.dead.is_empty() && out.dead.len() >= min {
+            ok &= self
+                .committer
+                .send(ToCommitter::Records {
+                    from: self.slot,
+                    records: std::mem::take(&mut out.dead),
+                })
+                .is_ok();
         }
-    };
-    // Partitions are read in step by append time: each round reads, from every partition,
-    // only records appended before the oldest unread record + `slice`. A bounded run thus
-    // sees its sources interleaved as they arrived (and always the same way), so a record
-    // that arrived late is judged late in a replay as it was live.
-    let slice_ms = (plan.time.out_of_orderness / 2)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1))
-        .as_millis() as i64;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let now = wall_clock_ms();
-        let mut oldest: Option<i64> = None;
-        for input in inputs.iter_mut().filter(|i| !i.done) {
-            if let Some(ts) = input.reader.peek_timestamp()? {
-                oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
-            }
-        }
-        let horizon = oldest.map_or(i64::MIN, |o| o.saturating_add(slice_ms));
-        let mut progressed = false;
-        for input in inputs.iter_mut().filter(|i| !i.done) {
-            let max = if opts.bounded {
-                (input.end.saturating_sub(input.reader.position()) as usize).min(BATCH)
-            } else {
-                BATCH
-            };
-            let decoder = &decoders[input.id.source as usize];
-            let n = input.reader.read_before(max, horizon, |view, buf| {
-                match decoder.decode(input.id.partition, view.offset, &buf[view.value.clone()]) {
-                    Ok(event) => {
-                        watermarks.observe(input.id, event.time, now);
-                        let shard = partition_for_key(event.key.as_bytes(), n_shards) as usize;
-                        batches[shard].push(ShardMsg::Event(event));
+        ok
+    }
+
+    /// Reads every source partition in slices of append time, decodes, tracks watermarks,
+    /// routes events to shards and starts checkpoints.
+    fn run(
+        self,
+        store: &StateStore,
+        snapshot: Option<&JobSnapshot>,
+    ) -> Result<SourceCounts, SourceError> {
+        let plan = self.plan;
+        let log = self.log;
+        let bounded = self.opts.bounded;
+        let positions = store.positions().map_err(|source| {
+            SourceError::Job(JobError::State {
+                job: plan.name.clone(),
+                source,
+            })
+        })?;
+        let mut decoders = Vec::new();
+        let mut inputs = Vec::new();
+        let mut watcher = if bounded {
+            None
+        } else {
+            Some(TailWatcher::new()?)
+        };
+        for (i, src) in plan.sources.iter().enumerate() {
+            decoders.push(
+                DecoderConfig {
+                    topic: src.topic.clone(),
+                    source_index: i as u16,
+                    key: src.key.as_str().to_string(),
+                    time: src.time.as_str().to_string(),
+                    id: src.id.as_ref().map(|p| p.as_str().to_string()),
+                    max_record_bytes: plan.limits.max_record_bytes as usize,
+                }
+                .build(),
+            );
+            let meta = log.topic(&src.topic)?;
+            for p in 0..meta.partitions {
+                let info = log.partition_info(&src.topic, p)?;
+                let start = match positions.get(&(src.topic.clone(), p)) {
+                    Some(&at) if at > info.end_offset => {
+                        return Err(SourceError::Job(JobError::PositionBeyondEnd {
+                            job: plan.name.clone(),
+                            state: plan.state.clone(),
+                            topic: src.topic.clone(),
+                            partition: p,
+                            position: at,
+                            end: info.end_offset,
+                        }));
                     }
-                    Err(dl) => {
-                        tracing::debug!(topic = %input.topic, partition = input.id.partition, offset = view.offset, reason = %dl.reason, "dead letter");
-                        dead.push(OutRecord {
-                            kind: OutKind::DeadLetter,
-                            key: view.key.clone().map(|k| buf[k].to_vec()),
-                            value: dl.to_json(),
-                        });
-                        dead_letters += 1;
+                    Some(&at) => at,
+                    None => log.resolve_start(&src.topic, &info, src.start)?,
+                };
+                if let Some(w) = &mut watcher {
+                    w.watch(&log.partition_dir(&src.topic, p))?;
+                }
+                inputs.push(Input {
+                    id: PartitionId {
+                        source: i as u16,
+                        partition: p,
+                    },
+                    topic: src.topic.clone(),
+                    reader: log.reader(&src.topic, p, start)?,
+                    end: info.end_offset,
+                    done: false,
+                });
+            }
+        }
+        // In a bounded run a partition that reached its end can never hold the watermark
+        // back, so it becomes idle at once; a live run waits the configured idle timeout.
+        let idle_timeout = if bounded {
+            Duration::ZERO
+        } else {
+            plan.time.idle_timeout
+        };
+        let wm_config = WatermarkConfig {
+            out_of_orderness: plan.time.out_of_orderness,
+            idle_timeout,
+        };
+        let ids = inputs.iter().map(|i| i.id);
+        let mut watermarks = match snapshot {
+            Some(s) => Watermarks::restore(wm_config, &s.watermarks, ids, wall_clock_ms()),
+            None => Watermarks::new(wm_config, ids, wall_clock_ms()),
+        };
+        let mut out = Outgoing {
+            shards: self.shards.iter().map(|_| Vec::new()).collect(),
+            dead: Vec::new(),
+        };
+        if snapshot.is_some() {
+            // The operators' watermark as of the checkpoint (closing nothing new: the
+            // checkpoint was taken after they had seen it).
+            let w = watermarks.current();
+            for b in &mut out.shards {
+                b.push(ShardMsg::Watermark(w));
+            }
+        }
+        let mut counts = SourceCounts::default();
+        let mut epoch = snapshot.map_or(0, |s| s.epoch);
+        let mut since_checkpoint = 0u64;
+        let mut last_checkpoint = Instant::now();
+        let mut watermark_moved = false;
+        let n_shards = self.shards.len() as u32;
+        let interval = plan.checkpoint.interval;
+        let max_records = plan.checkpoint.max_records.unwrap_or(u64::MAX);
+        // A slice is everything appended before the oldest unread record + `slice`, read
+        // from every partition before the watermark moves. A bounded run thus sees its
+        // sources interleaved as they arrived (and always the same way), so a record that
+        // arrived late is judged late in a replay as it was live.
+        let slice_ms = (plan.time.out_of_orderness / 2)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+            .as_millis() as i64;
+        loop {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            let mut oldest: Option<i64> = None;
+            if !stopping {
+                for input in inputs.iter_mut().filter(|i| !i.done) {
+                    if let Some(ts) = input.reader.peek_timestamp()? {
+                        oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
                     }
                 }
-            })?;
-            records_in += n as u64;
-            progressed |= n > 0;
-            let caught_up = if opts.bounded {
-                input.reader.position() >= input.end
-            } else {
-                input.reader.peek_timestamp()?.is_none()
-            };
-            input.done = opts.bounded && caught_up;
-            watermarks.set_caught_up(input.id, caught_up, now);
-        }
-        if let Some(w) = watermarks.advance(now) {
-            for b in &mut batches {
-                b.push(ShardMsg::Watermark(w));
             }
-        }
-        if opts.bounded && inputs.iter().all(|i| i.done) {
-            let w = watermarks.finish();
-            for b in &mut batches {
-                b.push(ShardMsg::Watermark(w));
+            let now = wall_clock_ms();
+            let mut read_any = false;
+            if let Some(oldest) = oldest {
+                let horizon = oldest.saturating_add(slice_ms);
+                loop {
+                    let mut progressed = false;
+                    for input in inputs.iter_mut().filter(|i| !i.done) {
+                        let max = if bounded {
+                            (input.end.saturating_sub(input.reader.position()) as usize).min(BATCH)
+                        } else {
+                            BATCH
+                        };
+                        let decoder = &decoders[input.id.source as usize];
+                        let n = input.reader.read_before(max, horizon, |view, buf| {
+                            match decoder.decode(
+                                input.id.partition,
+                                view.offset,
+                                &buf[view.value.clone()],
+                            ) {
+                                Ok(event) => {
+                                    watermarks.observe(input.id, event.time, now);
+                                    let shard =
+                                        partition_for_key(event.key.as_bytes(), n_shards) as usize;
+                                    out.shards[shard].push(ShardMsg::Event(event));
+                                }
+                                Err(dl) => {
+                                    tracing::debug!(topic = %input.topic, partition = input.id.partition, offset = view.offset, reason = %dl.reason, "dead letter");
+                                    out.dead.push(OutRecord {
+                                        kind: OutKind::DeadLetter,
+                                        key: view.key.clone().map(|k| buf[k].to_vec()),
+                                        value: dl.to_json(),
+                                    });
+                                    counts.dead_letters += 1;
+                                }
+                            }
+                        })?;
+                        counts.records_in += n as u64;
+                        since_checkpoint += n as u64;
+                        progressed |= n > 0;
+                        if bounded && input.reader.position() >= input.end {
+                            input.done = true;
+                        }
+                    }
+                    if !self.send(&mut out, BATCH) {
+                        return Ok(counts);
+                    }
+                    read_any |= progressed;
+                    if !progressed {
+                        break;
+                    }
+                }
             }
-            send(&mut batches, &mut dead, 0);
-            break;
-        }
-        if progressed {
-            send(&mut batches, &mut dead, BATCH);
-        } else if opts.bounded {
-            // Every unfinished partition promised records up to its end offset and none is
-            // readable: waiting would never end.
-            let stuck = inputs.iter().find(|i| !i.done).expect("not all done");
-            return Err(LogError::Stalled {
-                topic: stuck.topic.clone(),
-                partition: stuck.id.partition,
-                position: stuck.reader.position(),
-                end: stuck.end,
-            });
-        } else {
-            send(&mut batches, &mut dead, 0);
+            // Between slices: idleness, the watermark, checkpoints.
+            for input in inputs.iter_mut() {
+                let caught_up = if bounded {
+                    input.reader.position() >= input.end
+                } else {
+                    input.reader.peek_timestamp()?.is_none()
+                };
+                input.done = bounded && caught_up;
+                watermarks.set_caught_up(input.id, caught_up, now);
+            }
+            if let Some(w) = watermarks.advance(now) {
+                watermark_moved = true;
+                for b in &mut out.shards {
+                    b.push(ShardMsg::Watermark(w));
+                }
+            }
+            let finished = bounded && inputs.iter().all(|i| i.done);
+            let last = finished || stopping;
+            let due = since_checkpoint >= max_records
+                || (last_checkpoint.elapsed() >= interval
+                    && (since_checkpoint > 0 || watermark_moved));
+            if last || due {
+                // The snapshot is taken before a bounded run's final +infinity: a later
+                // run on this state resumes from the watermark the data gave.
+                let snapshot = watermarks.snapshot();
+                if finished {
+                    let w = watermarks.finish();
+                    for b in &mut out.shards {
+                        b.push(ShardMsg::Watermark(w));
+                    }
+                }
+                epoch += 1;
+                for b in &mut out.shards {
+                    b.push(ShardMsg::Barrier(epoch));
+                }
+                if !self.send(&mut out, 0) {
+                    return Ok(counts);
+                }
+                let part = Part::Source {
+                    positions: inputs
+                        .iter()
+                        .map(|i| (i.topic.clone(), i.id.partition, i.reader.position()))
+                        .collect(),
+                    watermarks: snapshot,
+                };
+                since_checkpoint = 0;
+                let barrier = ToCommitter::Barrier {
+                    from: self.slot,
+                    epoch,
+                    part,
+                };
+                if self.committer.send(barrier).is_err() {
+                    return Ok(counts);
+                }
+                last_checkpoint = Instant::now();
+                watermark_moved = false;
+            }
+            if last {
+                return Ok(counts);
+            }
+            if read_any {
+                continue;
+            }
+            if bounded {
+                // Every unfinished partition promised records up to its end offset and
+                // none is readable: waiting would never end.
+                let stuck = inputs.iter().find(|i| !i.done).expect("not all done");
+                return Err(SourceError::Log(LogError::Stalled {
+                    topic: stuck.topic.clone(),
+                    partition: stuck.id.partition,
+                    position: stuck.reader.position(),
+                    end: stuck.end,
+                }));
+            }
+            if !self.send(&mut out, 0) {
+                return Ok(counts);
+            }
             if let Some(w) = &watcher {
-                // Wake on an append, or in time to notice a partition turning idle.
+                // Wake on an append, in time to notice a partition turning idle, or for
+                // the next checkpoint.
+                let until_checkpoint = interval.saturating_sub(last_checkpoint.elapsed());
                 w.wait_timeout(
                     plan.time
                         .idle_timeout
+                        .min(until_checkpoint)
                         .clamp(Duration::from_millis(10), Duration::from_millis(250)),
                 );
             }
         }
     }
-    Ok((records_in, dead_letters))
 }
 
-/// Runs one operator over its share of the keys. Returns the duplicates it counted.
-fn shard_stage(
-    mut op: impl Operator,
-    rx: Receiver<Vec<ShardMsg>>,
-    sink: SyncSender<Vec<OutRecord>>,
-) -> u64 {
-    let mut watermark = i64::MIN;
-    let mut outputs = Vec::new();
-    let mut records = Vec::new();
-    let mut duplicates = 0;
-    for batch in rx {
-        for msg in batch {
-            match msg {
-                ShardMsg::Event(e) => op.on_event(e, watermark, &mut outputs),
-                ShardMsg::Watermark(w) => {
-                    watermark = w;
-                    op.on_watermark(w, &mut outputs);
+/// Reads back evicted key states from the store; an I/O error is kept for the shard to
+/// report (the operator interface has no error path, by design).
+struct StoreLoader {
+    store: Arc<StateStore>,
+    failed: Arc<Mutex<Option<StateError>>>,
+}
+
+impl KeyLoader for StoreLoader {
+    fn load(&mut self, key: &str) -> Option<KeyState> {
+        match self.store.key(key) {
+            Ok(state) => state,
+            Err(e) => {
+                if let Ok(mut slot) = self.failed.lock() {
+                    slot.get_or_insert(e);
                 }
+                None
             }
-            for out in outputs.drain(..) {
-                match out {
-                    Output::Journey(j) => records.push(OutRecord {
-                        kind: OutKind::Journey,
-                        key: Some(j.key.as_bytes().to_vec()),
-                        value: j.to_json(),
-                    }),
-                    Output::Late(l) => records.push(OutRecord {
-                        kind: OutKind::Late,
-                        key: Some(l.key.as_bytes().to_vec()),
-                        value: l.to_json(),
-                    }),
-                    Output::Duplicate { .. } => duplicates += 1,
-                }
-            }
-        }
-        if !records.is_empty() && sink.send(std::mem::take(&mut records)).is_err() {
-            break;
         }
     }
-    duplicates
+}
+
+/// One worker thread's share of the key space.
+struct Shard {
+    index: usize,
+    count: usize,
+    store: Arc<StateStore>,
+    /// The last committed checkpoint: keys written at or before it may be evicted.
+    committed: Arc<AtomicU64>,
+    out: SyncSender<ToCommitter>,
+}
+
+impl Shard {
+    fn run(self, mut op: SessionOperator, rx: Receiver<Vec<ShardMsg>>) -> Result<(), StateError> {
+        let failed = Arc::new(Mutex::new(None));
+        op.set_loader(Box::new(StoreLoader {
+            store: self.store.clone(),
+            failed: failed.clone(),
+        }));
+        // This shard's keys of the checkpoint; evicting as it goes keeps memory bounded
+        // however large the stored state is.
+        let (index, count) = (self.index, self.count as u32);
+        for item in self.store.keys::<KeyState, _>(move |key| {
+            partition_for_key(key.as_bytes(), count) as usize == index
+        }) {
+            let (key, state) = item?;
+            op.restore_key(&key, state);
+            if op.cached_keys() > CACHED_KEYS_PER_SHARD {
+                op.evict(CACHED_KEYS_PER_SHARD / 2, 0);
+            }
+        }
+        let mut watermark = i64::MIN;
+        let mut outputs = Vec::new();
+        let mut records = Vec::new();
+        let mut duplicates = 0;
+        for batch in rx {
+            for msg in batch {
+                match msg {
+                    ShardMsg::Event(e) => op.on_event(e, watermark, &mut outputs),
+                    ShardMsg::Watermark(w) => {
+                        watermark = w;
+                        op.on_watermark(w, &mut outputs);
+                    }
+                    ShardMsg::Barrier(epoch) => {
+                        let mut upserts = Vec::new();
+                        let mut deletes = Vec::new();
+                        let mut encode_error = None;
+                        op.drain_changes(epoch, |key, state| match state {
+                            Some(s) => match encode("a key state", s) {
+                                Ok(bytes) => upserts.push((key.to_owned(), bytes)),
+                                Err(e) => encode_error = Some(e),
+                            },
+                            None => deletes.push(key.to_owned()),
+                        });
+                        if let Some(e) = encode_error {
+                            return Err(e);
+                        }
+                        let part = Part::Shard {
+                            upserts,
+                            deletes,
+                            duplicates: std::mem::take(&mut duplicates),
+                        };
+                        if !records.is_empty() {
+                            let records = std::mem::take(&mut records);
+                            let msg = ToCommitter::Records {
+                                from: self.index,
+                                records,
+                            };
+                            if self.out.send(msg).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        let msg = ToCommitter::Barrier {
+                            from: self.index,
+                            epoch,
+                            part,
+                        };
+                        if self.out.send(msg).is_err() {
+                            return Ok(());
+                        }
+                        op.evict(
+                            CACHED_KEYS_PER_SHARD,
+                            self.committed.load(Ordering::Acquire),
+                        );
+                    }
+                }
+                for out in outputs.drain(..) {
+                    match out {
+                        Output::Journey(j) => records.push(OutRecord {
+                            kind: OutKind::Journey,
+                            key: Some(j.key.as_bytes().to_vec()),
+                            value: j.to_json(),
+                        }),
+                        Output::Late(l) => records.push(OutRecord {
+                            kind: OutKind::Late,
+                            key: Some(l.key.as_bytes().to_vec()),
+                            value: l.to_json(),
+                        }),
+                        Output::Duplicate { .. } => duplicates += 1,
+                    }
+                }
+            }
+            if let Some(e) = failed.lock().ok().and_then(|mut slot| slot.take()) {
+                return Err(e);
+            }
+            if records.len() >= BATCH {
+                let msg = ToCommitter::Records {
+                    from: self.index,
+                    records: std::mem::take(&mut records),
+                };
+                if self.out.send(msg).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
-struct SinkCounts {
+struct CommitCounts {
     journeys: u64,
     late: u64,
+    duplicates: u64,
+    checkpoints: u64,
+    state_keys_peak: u64,
+    state_bytes_peak: u64,
 }
 
-/// Appends output records to their topics, keyed by the correlation key.
-fn sink_stage(
-    log: &Log,
-    plan: &Plan,
-    rx: Receiver<Vec<OutRecord>>,
-) -> Result<SinkCounts, LogError> {
-    // late and dead letters may share the journeys topic: one producer per distinct topic.
-    let topics = [
-        &plan.output.journeys,
-        &plan.output.late,
-        &plan.output.dead_letters,
-    ];
-    let mut names: Vec<&String> = Vec::new();
-    let mut producers = Vec::new();
-    let mut slot = [0usize; 3];
-    for (i, topic) in topics.into_iter().enumerate() {
-        slot[i] = match names.iter().position(|n| *n == topic) {
-            Some(j) => j,
-            None => {
-                names.push(topic);
-                producers.push(log.producer(topic, WriterOptions::default())?);
-                producers.len() - 1
+/// The parts of one checkpoint gathered so far.
+#[derive(Default)]
+struct Gathering {
+    arrived: usize,
+    /// Per slot (shards, then the source), its output since the previous checkpoint.
+    records: BTreeMap<usize, Vec<OutRecord>>,
+    upserts: Vec<(String, Vec<u8>)>,
+    deletes: Vec<String>,
+    positions: Vec<(String, u32, u64)>,
+    watermarks: Option<WatermarkSnapshot>,
+}
+
+/// Gathers every stage's part of each checkpoint, commits it as one batch, then publishes
+/// its outbox. Parts of checkpoint `n` all arrive before any stage's part of `n + 1` is
+/// complete, so checkpoints complete in order.
+fn committer_stage(
+    store: &StateStore,
+    mut outbox: Outbox,
+    rx: Receiver<ToCommitter>,
+    shards: usize,
+    committed: &AtomicU64,
+) -> Result<CommitCounts, OutboxError> {
+    let slots = shards + 1;
+    let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
+    let mut gathering: BTreeMap<u64, Gathering> = BTreeMap::new();
+    let mut counts = CommitCounts::default();
+    for msg in rx {
+        let epoch = match msg {
+            ToCommitter::Records { from, records } => {
+                pending[from].extend(records);
+                continue;
             }
-        };
-    }
-    let [journeys, late, dead] = slot;
-    let mut counts = SinkCounts::default();
-    // Appends are flushed (and synced) at most every SINK_FLUSH while records flow, and as
-    // soon as the stream pauses for that long: batches stay large under load, and a quiet
-    // live job publishes within SINK_FLUSH.
-    let mut unflushed = false;
-    let mut last_flush = Instant::now();
-    loop {
-        match rx.recv_timeout(SINK_FLUSH) {
-            Ok(batch) => {
-                for rec in batch {
-                    let p = match rec.kind {
-                        OutKind::Journey => {
-                            counts.journeys += 1;
-                            journeys
-                        }
-                        OutKind::Late => {
-                            counts.late += 1;
-                            late
-                        }
-                        OutKind::DeadLetter => dead,
-                    };
-                    producers[p].send(rec.key.as_deref(), &rec.value)?;
+            ToCommitter::Barrier { from, epoch, part } => {
+                let g = gathering.entry(epoch).or_default();
+                g.arrived += 1;
+                g.records.insert(from, std::mem::take(&mut pending[from]));
+                match part {
+                    Part::Shard {
+                        upserts,
+                        deletes,
+                        duplicates,
+                    } => {
+                        g.upserts.extend(upserts);
+                        g.deletes.extend(deletes);
+                        counts.duplicates += duplicates;
+                    }
+                    Part::Source {
+                        positions,
+                        watermarks,
+                    } => {
+                        g.positions = positions;
+                        g.watermarks = Some(watermarks);
+                    }
                 }
-                unflushed = true;
-                if last_flush.elapsed() < SINK_FLUSH {
+                if g.arrived < slots {
                     continue;
                 }
+                epoch
             }
-            Err(RecvTimeoutError::Timeout) if unflushed => {}
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let g = gathering.remove(&epoch).expect("gathered above");
+        // Dead letters first, then shard by shard: a fixed order for a fixed shard count.
+        let mut records = g.records;
+        let mut entries = Vec::new();
+        for slot in std::iter::once(shards).chain(0..shards) {
+            for r in records.remove(&slot).unwrap_or_default() {
+                match r.kind {
+                    OutKind::Journey => counts.journeys += 1,
+                    OutKind::Late => counts.late += 1,
+                    OutKind::DeadLetter => {}
+                }
+                entries.push(outbox.place(r));
+            }
         }
-        for p in &mut producers {
-            p.flush()?;
-        }
-        unflushed = false;
-        last_flush = Instant::now();
-    }
-    for p in &mut producers {
-        p.flush()?;
+        let snapshot = JobSnapshot {
+            epoch,
+            watermarks: g.watermarks.unwrap_or_default(),
+            sequences: outbox
+                .counters()
+                .iter()
+                .map(|((t, p), s)| (t.clone(), *p, *s))
+                .collect(),
+        };
+        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = g.upserts.into_iter().unzip();
+        let checkpoint = Checkpoint {
+            upserts: keys.iter().map(String::as_str).zip(values).collect(),
+            deletes: g.deletes.iter().map(String::as_str).collect(),
+            positions: g
+                .positions
+                .iter()
+                .map(|(t, p, o)| (t.as_str(), *p, *o))
+                .collect(),
+            watermarks: Some(encode("the job snapshot", &snapshot)?),
+            outbox: &entries,
+        };
+        crash_point(CrashPoint::Commit);
+        store.commit(checkpoint)?;
+        committed.store(epoch, Ordering::Release);
+        counts.checkpoints += 1;
+        let stats = store.stats();
+        counts.state_keys_peak = counts.state_keys_peak.max(stats.keys);
+        counts.state_bytes_peak = counts.state_bytes_peak.max(stats.live_data_bytes);
+        outbox.publish(store, &entries)?;
     }
     Ok(counts)
 }

@@ -30,8 +30,10 @@
 //!   and the output records they produce: journeys, late-arrival reports, duplicates.
 //! - [`state`]: the RocksDB state store: per-key operator state, source positions,
 //!   watermarks and the output outbox, committed together in one atomic write.
+//! - [`outbox`]: the relay that publishes committed output to the output topics exactly
+//!   once (sequence numbers per output partition, recovery by reading their tails).
 //! - [`job`]: the runtime that wires source → decode → watermarks → sharded operators →
-//!   sink on threads joined by bounded channels; `braid run`.
+//!   checkpoint → outbox on threads joined by bounded channels; `braid run`.
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -45,6 +47,7 @@ pub mod decode;
 pub mod engine;
 pub mod job;
 pub mod log;
+pub mod outbox;
 pub mod state;
 pub mod time;
 pub mod topology;

@@ -83,6 +83,16 @@ pub struct WatermarkSnapshot {
     pub partitions: Vec<PartitionSnapshot>,
 }
 
+impl Default for WatermarkSnapshot {
+    /// Nothing seen yet.
+    fn default() -> Self {
+        WatermarkSnapshot {
+            job: i64::MIN,
+            partitions: Vec::new(),
+        }
+    }
+}
+
 /// One partition in a [`WatermarkSnapshot`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSnapshot {

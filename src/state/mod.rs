@@ -158,7 +158,7 @@ pub struct Checkpoint<'a> {
     /// The encoded watermark snapshot, when it changed.
     pub watermarks: Option<Vec<u8>>,
     /// Output records produced since the previous checkpoint.
-    pub outbox: Vec<OutboxEntry>,
+    pub outbox: &'a [OutboxEntry],
 }
 
 /// What a commit wrote.
@@ -326,7 +326,7 @@ impl StateStore {
             batch.put_cf(self.cf(CF_META), META_WATERMARKS, watermarks);
         }
         let outbox_cf = self.cf(CF_OUTBOX);
-        for entry in &cp.outbox {
+        for entry in cp.outbox {
             let record = StoredRecord {
                 key: entry.key.as_deref(),
                 value: &entry.value,
@@ -405,6 +405,22 @@ impl StateStore {
                         .map_err(|e| self.corrupt(CF_KEYS, &raw_key, e.to_string())),
                 )
             })
+    }
+
+    /// The committed state of one key, if any (a point lookup; the `keys` CF has a bloom
+    /// filter, so a miss rarely reads a block).
+    pub fn key<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        let raw_key = keys::state_key(key);
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(CF_KEYS), raw_key)
+            .map_err(|e| self.rocks("reading a key state", e))?;
+        match value {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt(CF_KEYS, raw_key, e.to_string())),
+        }
     }
 
     /// The committed, not yet acknowledged output, in (topic, partition, seq) order.
@@ -685,7 +701,7 @@ mod tests {
                 ("orders", 3, 1 << 40),
             ],
             watermarks: Some(encode("wm", &vec![5i64, -3]).unwrap()),
-            outbox: vec![entry("out", 0, 1), entry("out", 0, 2)],
+            outbox: &[entry("out", 0, 1), entry("out", 0, 2)],
         };
         let stats = store.commit(cp).unwrap();
         assert_eq!((stats.upserts, stats.positions, stats.outbox), (3, 3, 2));
@@ -833,7 +849,7 @@ mod tests {
                         let seq = next_seq[p as usize];
                         next_seq[p as usize] += 1;
                         store.commit(Checkpoint {
-                            outbox: vec![entry("out", u32::from(p), seq)],
+                            outbox: &[entry("out", u32::from(p), seq)],
                             ..Checkpoint::default()
                         }).unwrap();
                         outbox_model.insert((u32::from(p), seq), ());
@@ -908,7 +924,7 @@ mod tests {
                         upserts: vec![(&name, encode("ks", &ks(i as i64)).unwrap())],
                         positions: vec![("src", 0, i)],
                         watermarks: Some(encode("wm", &i).unwrap()),
-                        outbox: vec![entry("out", 0, i)],
+                        outbox: &[entry("out", 0, i)],
                         ..Checkpoint::default()
                     })
                     .unwrap();
@@ -965,7 +981,7 @@ mod tests {
         }
         store
             .commit(Checkpoint {
-                outbox: entries,
+                outbox: &entries,
                 ..Checkpoint::default()
             })
             .unwrap();

@@ -1,0 +1,535 @@
+//! The outbox relay: output is published only from a committed checkpoint, exactly once.
+//!
+//! A job's output records are first given a place — an output topic, the partition of
+//! their key, and the next sequence number of that partition — and stamped with it
+//! (`"producer":{"job":…,"seq":…}` appended to the JSON object). They are committed to
+//! the state store's outbox in the same RocksDB batch as the state and source positions
+//! that produced them, then appended to the output log, synced, and only then removed
+//! from the outbox (acknowledged).
+//!
+//! Invariants:
+//! - Sequence numbers of one job are dense and increasing per output partition; the next
+//!   number of every partition is part of the checkpoint, so a restart never reuses one.
+//! - A crash can leave a committed entry unpublished, published but not acknowledged, or
+//!   half-appended (a torn log tail, truncated when the partition is next opened). On
+//!   start, [`Outbox::recover`] reads the tail of every output partition to find the
+//!   highest sequence number this job already published there and republishes only what
+//!   follows it. So every committed record reaches the output exactly once.
+//! - This relies on one running instance of a job per output partition. A record of this
+//!   job with a sequence number the checkpoint never reached means another instance
+//!   writes there; that is an error ([`OutboxError::ForeignSequence`]), never ignored.
+//! - A fresh state directory over an output that already holds this job's records is an
+//!   error too: starting from scratch would publish everything again.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Log, LogError, PartitionWriter, WriterOptions, partition_for_key};
+use crate::state::{OutboxEntry, StateError, StateStore};
+
+/// Why output could not be published or recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox: {0}")]
+    Log(#[from] LogError),
+    #[error("outbox: {0}")]
+    State(#[from] StateError),
+    #[error(
+        "output topic `{topic}` partition {partition} holds record seq {found} of job `{job}` at offset {offset}, but this job's checkpoint only reached seq {committed}: another instance of job `{job}` is writing to this partition (run one instance per output partition)"
+    )]
+    ForeignSequence {
+        job: String,
+        topic: String,
+        partition: u32,
+        offset: u64,
+        found: u64,
+        committed: u64,
+    },
+    #[error(
+        "state directory {dir} holds no checkpoint, but output topic `{topic}` partition {partition} already holds records of job `{job}` (seq {seq} at offset {offset}): starting from scratch would publish them again; restore the state directory, or replay into a new state directory and another output topic"
+    )]
+    StateMissing {
+        dir: PathBuf,
+        job: String,
+        topic: String,
+        partition: u32,
+        seq: u64,
+        offset: u64,
+    },
+}
+
+/// Which output topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutKind {
+    Journey,
+    Late,
+    DeadLetter,
+}
+
+/// An output record before it is given a place; `value` is a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub kind: OutKind,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// The next sequence number of every output partition the job has written to; part of
+/// the checkpoint.
+pub type SequenceCounters = BTreeMap<(String, u32), u64>;
+
+/// The stamp read back from a published record.
+#[derive(Deserialize)]
+struct Stamped {
+    producer: Option<Stamp>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Stamp {
+    job: String,
+    seq: u64,
+}
+
+/// Records published by one call (to count them by kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub records: u64,
+}
+
+/// The relay of one job: places records, and appends committed entries to the log.
+pub struct Outbox {
+    job: String,
+    /// The job name as a JSON string, ready to stamp.
+    job_json: String,
+    log: Log,
+    /// Output topics by kind (journeys, late, dead letters) and their partition counts.
+    topics: [(String, u32); 3],
+    next_seq: SequenceCounters,
+    writers: BTreeMap<(String, u32), PartitionWriter>,
+}
+
+impl Outbox {
+    /// A relay for `job` writing to the (existing) output topics `journeys`, `late` and
+    /// `dead_letters`, continuing the sequence numbers of a checkpoint.
+    pub fn new(
+        job: &str,
+        log: &Log,
+        [journeys, late, dead_letters]: [&str; 3],
+        next_seq: SequenceCounters,
+    ) -> Result<Self, OutboxError> {
+        let topic = |name: &str| -> Result<(String, u32), OutboxError> {
+            Ok((name.to_owned(), log.topic(name)?.partitions))
+        };
+        Ok(Outbox {
+            job: job.to_owned(),
+            job_json: serde_json::to_string(job).expect("a string serializes"),
+            log: log.clone(),
+            topics: [topic(journeys)?, topic(late)?, topic(dead_letters)?],
+            next_seq,
+            writers: BTreeMap::new(),
+        })
+    }
+
+    /// The sequence counters to checkpoint.
+    pub fn counters(&self) -> &SequenceCounters {
+        &self.next_seq
+    }
+
+    /// Gives `record` its topic, partition and sequence number, and stamps its value.
+    /// Keyed records go to the partition of their key; a record without key (a dead
+    /// letter of an unkeyed input) to the partition of its value's bytes, so placement is
+    /// deterministic.
+    pub fn place(&mut self, record: OutRecord) -> OutboxEntry {
+        let (topic, partitions) = match record.kind {
+            OutKind::Journey => &self.topics[0],
+            OutKind::Late => &self.topics[1],
+            OutKind::DeadLetter => &self.topics[2],
+        };
+        let partition =
+            partition_for_key(record.key.as_deref().unwrap_or(&record.value), *partitions);
+        let next = self.next_seq.entry((topic.clone(), partition)).or_insert(1);
+        let seq = *next;
+        *next += 1;
+        let mut value = record.value;
+        stamp(&mut value, &self.job_json, seq);
+        OutboxEntry {
+            topic: topic.clone(),
+            partition,
+            seq,
+            key: record.key,
+            value,
+        }
+    }
+
+    /// Appends committed entries (in sequence order per partition) and syncs them, then
+    /// acknowledges them in the store.
+    pub fn publish(
+        &mut self,
+        store: &StateStore,
+        entries: &[OutboxEntry],
+    ) -> Result<Published, OutboxError> {
+        let mut by_partition: BTreeMap<(&str, u32), Vec<&OutboxEntry>> = BTreeMap::new();
+        for e in entries {
+            by_partition
+                .entry((e.topic.as_str(), e.partition))
+                .or_default()
+                .push(e);
+        }
+        for ((topic, partition), batch) in &by_partition {
+            let writer = self.writer(topic, *partition)?;
+            writer.append(batch.iter().map(|e| (e.key.as_deref(), e.value.as_slice())))?;
+            crash_point(CrashPoint::Publish);
+        }
+        crash_point(CrashPoint::Ack);
+        for ((topic, partition), batch) in &by_partition {
+            let last = batch.last().map_or(0, |e| e.seq);
+            store.ack_outbox(topic, *partition, last)?;
+        }
+        Ok(Published {
+            records: entries.len() as u64,
+        })
+    }
+
+    /// Republishes what a previous run committed but did not (completely) publish, and
+    /// checks that no other instance writes this job's output. `fresh` says the store
+    /// holds no checkpoint yet.
+    pub fn recover(&mut self, store: &StateStore, fresh: bool) -> Result<u64, OutboxError> {
+        let pending: Vec<OutboxEntry> = store.outbox().collect::<Result<_, _>>()?;
+        let mut highest_committed = self.next_seq.clone();
+        for e in &pending {
+            let next = highest_committed
+                .entry((e.topic.clone(), e.partition))
+                .or_insert(0);
+            *next = (*next).max(e.seq + 1);
+            let own = self
+                .next_seq
+                .entry((e.topic.clone(), e.partition))
+                .or_insert(1);
+            *own = (*own).max(e.seq + 1);
+        }
+        let mut published: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        for (topic, partitions) in self.topics.clone() {
+            for partition in 0..partitions {
+                if published.contains_key(&(topic.clone(), partition)) {
+                    continue; // late or dead letters share the journeys topic
+                }
+                let last = self.last_published(&topic, partition)?;
+                published.insert((topic.clone(), partition), last.map_or(0, |(seq, _)| seq));
+                let Some((seq, offset)) = last else {
+                    continue;
+                };
+                if fresh {
+                    return Err(OutboxError::StateMissing {
+                        dir: store.dir().to_path_buf(),
+                        job: self.job.clone(),
+                        topic,
+                        partition,
+                        seq,
+                        offset,
+                    });
+                }
+                let committed = highest_committed
+                    .get(&(topic.clone(), partition))
+                    .map_or(0, |next| next.saturating_sub(1));
+                if seq > committed {
+                    return Err(OutboxError::ForeignSequence {
+                        job: self.job.clone(),
+                        topic,
+                        partition,
+                        offset,
+                        found: seq,
+                        committed,
+                    });
+                }
+                // Published before the crash, not yet acknowledged.
+                store.ack_outbox(&topic, partition, seq)?;
+            }
+        }
+        let republish: Vec<OutboxEntry> = pending
+            .into_iter()
+            .filter(|e| {
+                e.seq
+                    > published
+                        .get(&(e.topic.clone(), e.partition))
+                        .copied()
+                        .unwrap_or(0)
+            })
+            .collect();
+        let n = republish.len() as u64;
+        if n > 0 {
+            tracing::info!(
+                job = %self.job,
+                records = n,
+                "republishing committed output a previous run did not publish"
+            );
+            self.publish(store, &republish)?;
+        }
+        Ok(n)
+    }
+
+    /// The last record of this job in an output partition: (seq, offset). Reads backwards
+    /// from the end in growing windows, so the usual case (the last record is ours)
+    /// reads a few records.
+    fn last_published(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, u64)>, OutboxError> {
+        let info = self.log.partition_info(topic, partition)?;
+        let mut window = 16u64;
+        let mut end = info.end_offset;
+        while end > info.start_offset {
+            let from = end.saturating_sub(window).max(info.start_offset);
+            let mut reader = self.log.reader(topic, partition, from)?;
+            let mut found = None;
+            while reader.position() < end {
+                let max = (end - reader.position()).min(1024) as usize;
+                let n = reader.read_into(max, |view, buf| {
+                    if let Ok(Stamped {
+                        producer: Some(stamp),
+                    }) = serde_json::from_slice::<Stamped>(&buf[view.value.clone()])
+                        && stamp.job == self.job
+                    {
+                        found = Some((stamp.seq, view.offset));
+                    }
+                })?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            end = from;
+            window = window.saturating_mul(4);
+        }
+        Ok(None)
+    }
+
+    fn writer(&mut self, topic: &str, partition: u32) -> Result<&mut PartitionWriter, LogError> {
+        let key = (topic.to_owned(), partition);
+        if !self.writers.contains_key(&key) {
+            let w = self
+                .log
+                .writer(topic, partition, WriterOptions::default())?;
+            self.writers.insert(key.clone(), w);
+        }
+        Ok(self.writers.get_mut(&key).expect("inserted above"))
+    }
+}
+
+/// Appends `"producer":{"job":<job_json>,"seq":<seq>}` to the JSON object in `value`.
+fn stamp(value: &mut Vec<u8>, job_json: &str, seq: u64) {
+    let empty = value.len() <= 2;
+    if value.last() == Some(&b'}') {
+        value.pop();
+    }
+    let sep = if empty { "" } else { "," };
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        value,
+        "{sep}\"producer\":{{\"job\":{job_json},\"seq\":{seq}}}}}"
+    );
+}
+
+/// Places in the commit path where a test can make the process die (`BRAID_CRASH_AT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// A checkpoint is assembled; its RocksDB batch is not written yet.
+    Commit,
+    /// One output partition's batch is appended, others of the same commit may not be.
+    Publish,
+    /// Everything is appended and synced; nothing is acknowledged yet.
+    Ack,
+}
+
+impl CrashPoint {
+    fn name(self) -> &'static str {
+        match self {
+            CrashPoint::Commit => "commit",
+            CrashPoint::Publish => "publish",
+            CrashPoint::Ack => "ack",
+        }
+    }
+}
+
+/// A test hook: with `BRAID_CRASH_AT=<point>:<n>` (point `commit`, `publish` or `ack`)
+/// the process aborts — no destructor, no flush, as under `kill -9` — the n-th time it
+/// reaches that point. Unset, this is one relaxed atomic load.
+pub fn crash_point(point: CrashPoint) {
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let plan = PLAN.get_or_init(|| {
+        let text = std::env::var("BRAID_CRASH_AT").ok()?;
+        let (name, n) = text.split_once(':')?;
+        Some((name.to_owned(), n.parse().ok()?))
+    });
+    if let Some((name, n)) = plan
+        && name == point.name()
+        && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == *n
+    {
+        eprintln!("braid: BRAID_CRASH_AT={name}:{n} reached; aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Checkpoint, StateOptions};
+    use tempfile::TempDir;
+
+    fn setup() -> (TempDir, Log, StateStore) {
+        let dir = TempDir::new().unwrap();
+        let log = Log::open(dir.path().join("log")).unwrap();
+        for t in ["j", "l", "d"] {
+            log.create_topic(t, 2).unwrap();
+        }
+        let store =
+            StateStore::open(&dir.path().join("state"), 7, StateOptions::default()).unwrap();
+        (dir, log, store)
+    }
+
+    fn record(kind: OutKind, key: &str, n: u32) -> OutRecord {
+        OutRecord {
+            kind,
+            key: Some(key.as_bytes().to_vec()),
+            value: format!("{{\"n\":{n}}}").into_bytes(),
+        }
+    }
+
+    fn published(log: &Log, topic: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for p in 0..log.topic(topic).unwrap().partitions {
+            for r in log
+                .reader(topic, p, 0)
+                .unwrap()
+                .read_batch(usize::MAX)
+                .unwrap()
+            {
+                out.push(serde_json::from_slice(&r.value).unwrap());
+            }
+        }
+        out
+    }
+
+    fn commit(store: &StateStore, entries: &[OutboxEntry]) {
+        store
+            .commit(Checkpoint {
+                outbox: entries,
+                ..Checkpoint::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn stamps_and_numbers_per_partition() {
+        let (_d, log, _store) = setup();
+        let mut ob =
+            Outbox::new("job \"x\"", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let a = ob.place(record(OutKind::Journey, "k", 1));
+        let b = ob.place(record(OutKind::Journey, "k", 2));
+        let c = ob.place(record(OutKind::Late, "k", 3));
+        assert_eq!((a.topic.as_str(), a.seq), ("j", 1));
+        assert_eq!(
+            (b.topic.as_str(), b.seq, b.partition),
+            ("j", 2, a.partition)
+        );
+        assert_eq!((c.topic.as_str(), c.seq), ("l", 1));
+        assert_eq!(
+            String::from_utf8(a.value).unwrap(),
+            r#"{"n":1,"producer":{"job":"job \"x\"","seq":1}}"#
+        );
+        let mut empty = b"{}".to_vec();
+        stamp(&mut empty, "\"j\"", 9);
+        assert_eq!(empty, br#"{"producer":{"job":"j","seq":9}}"#);
+    }
+
+    #[test]
+    fn recovery_republishes_only_what_is_missing() {
+        let (_d, log, store) = setup();
+        let mut ob = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let entries: Vec<OutboxEntry> = (0..10)
+            .map(|n| ob.place(record(OutKind::Journey, &format!("k{}", n % 3), n)))
+            .collect();
+        commit(&store, &entries);
+        // A crash after publishing the first half of partition batches: simulate by
+        // publishing some entries without acknowledging them.
+        let first_partition = entries[0].partition;
+        let half: Vec<OutboxEntry> = entries
+            .iter()
+            .filter(|e| e.partition == first_partition)
+            .cloned()
+            .collect();
+        let mut w = log
+            .writer("j", first_partition, WriterOptions::default())
+            .unwrap();
+        w.append(half.iter().map(|e| (e.key.as_deref(), e.value.as_slice())))
+            .unwrap();
+        drop(w);
+
+        let mut again = Outbox::new("job", &log, ["j", "l", "d"], ob.counters().clone()).unwrap();
+        let n = again.recover(&store, false).unwrap();
+        assert_eq!(n as usize, entries.len() - half.len());
+        let mut ns: Vec<i64> = published(&log, "j")
+            .iter()
+            .map(|v| v["n"].as_i64().unwrap())
+            .collect();
+        ns.sort();
+        assert_eq!(ns, (0..10).collect::<Vec<_>>());
+        assert_eq!(store.outbox().count(), 0);
+        // Nothing left to do the second time.
+        let mut third =
+            Outbox::new("job", &log, ["j", "l", "d"], again.counters().clone()).unwrap();
+        assert_eq!(third.recover(&store, false).unwrap(), 0);
+        assert_eq!(published(&log, "j").len(), 10);
+    }
+
+    #[test]
+    fn a_foreign_sequence_or_a_lost_state_is_an_error() {
+        let (d, log, store) = setup();
+        let mut ob = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let e = ob.place(record(OutKind::Journey, "k", 1));
+        commit(&store, std::slice::from_ref(&e));
+        ob.publish(&store, std::slice::from_ref(&e)).unwrap();
+        let counters = ob.counters().clone();
+        drop(ob); // releases its partition writers
+        // Another instance wrote seq 5 where this checkpoint only reached 1.
+        let mut w = log
+            .writer("j", e.partition, WriterOptions::default())
+            .unwrap();
+        w.append([(
+            Some(&b"k"[..]),
+            &br#"{"producer":{"job":"job","seq":5}}"#[..],
+        )])
+        .unwrap();
+        drop(w);
+        let mut again = Outbox::new("job", &log, ["j", "l", "d"], counters).unwrap();
+        assert_eq!(
+            again.recover(&store, false).unwrap_err().to_string(),
+            format!(
+                "output topic `j` partition {} holds record seq 5 of job `job` at offset 1, but this job's checkpoint only reached seq 1: another instance of job `job` is writing to this partition (run one instance per output partition)",
+                e.partition
+            )
+        );
+        let fresh = StateStore::open(&d.path().join("fresh"), 7, StateOptions::default()).unwrap();
+        let mut new = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        assert_eq!(
+            new.recover(&fresh, true).unwrap_err().to_string(),
+            format!(
+                "state directory {} holds no checkpoint, but output topic `j` partition {} already holds records of job `job` (seq 5 at offset 1): starting from scratch would publish them again; restore the state directory, or replay into a new state directory and another output topic",
+                d.path().join("fresh").display(),
+                e.partition
+            )
+        );
+        // Other jobs' records are not ours.
+        let mut other =
+            Outbox::new("other", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        assert_eq!(other.recover(&fresh, true).unwrap(), 0);
+    }
+}
