@@ -2,6 +2,8 @@
 # End-to-end benchmark, in ONE invocation on ONE generated dataset:
 #   baseline  `braid scan`: read every record from the embedded log and parse its JSON
 #   braid     `braid run --bounded` of topologies/customer_journey.toml, 1 shard and default
+#             (checkpoints every 1 s, the topology's setting), and default with checkpoints off
+#             (one final checkpoint: interval 1 h) to show what checkpointing costs
 # Each figure is the median of RUNS runs; peak RSS from GNU time. Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
 set -euo pipefail
@@ -33,7 +35,7 @@ measure() {
   local name="$1"; shift
   : >"$WORK/$name.rates"; : >"$WORK/$name.rss"
   for i in $(seq "$RUNS"); do
-    rm -rf "$LOG"/customer.journey*
+    rm -rf "$LOG"/customer.journey* "$WORK/state"
     /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
     local records millis
     records="$(field "$WORK/summary.json" records_in)"
@@ -52,9 +54,14 @@ measure() {
 records="$(field "$WORK/gen.json" records)"
 echo "dataset: $records records ($(du -sh "$LOG" | cut -f1) on disk), median of $RUNS runs each"
 measure baseline "$BIN" --log "$LOG" scan "$TOPOLOGY" --summary-json "$WORK/summary.json"
-measure braid-1-shard "$BIN" --log "$LOG" run "$TOPOLOGY" --bounded --shards 1 --summary-json "$WORK/summary.json"
-measure braid-default "$BIN" --log "$LOG" run "$TOPOLOGY" --bounded --summary-json "$WORK/summary.json"
+run_args=(--log "$LOG" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json")
+sed 's/^\[output\]/[checkpoint]\ninterval = "1h"\n\n[output]/' "$TOPOLOGY" >"$WORK/no-checkpoints.toml"
+measure braid-1-shard "$BIN" "${run_args[@]}" --shards 1 "$TOPOLOGY"
+measure braid-default "$BIN" "${run_args[@]}" "$TOPOLOGY"
+measure braid-no-checkpoints "$BIN" "${run_args[@]}" "$WORK/no-checkpoints.toml"
 base="$(cat "$WORK/baseline.median")"
+awk -v a="$(cat "$WORK/braid-default.median")" -v b="$(cat "$WORK/braid-no-checkpoints.median")" \
+  'BEGIN { printf "checkpoint cost (1 s vs off): %.1f%%\n", (1 - a / b) * 100 }'
 for n in braid-1-shard braid-default; do
   awk -v b="$base" -v x="$(cat "$WORK/$n.median")" -v n="$n" 'BEGIN { printf "ratio %s / baseline: %.2f\n", n, x / b }'
 done

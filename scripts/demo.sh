@@ -29,7 +29,10 @@ section "first records of page.viewed, with their partition, offset, append time
 braid consume page.viewed -n 3 --meta
 
 section "running topologies/customer_journey.toml over it (bounded: stop at the end, close every session)"
-braid run topologies/customer_journey.toml --bounded
+braid run topologies/customer_journey.toml --bounded --state "$DEMO_DIR/state"
+
+section "running it again: it resumes from its checkpoint, finds nothing new, publishes nothing twice"
+braid run topologies/customer_journey.toml --bounded --state "$DEMO_DIR/state"
 
 section "one customer journey (customer.journey)"
 braid consume customer.journey -n 1 --pretty

@@ -39,6 +39,49 @@ enum LogFormat {
     Json,
 }
 
+/// `braid replay` options.
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The topology file of the live job.
+    topology: PathBuf,
+    /// Where the range starts (repeatable: per topic or partition).
+    #[arg(long, value_name = "POS", required = true)]
+    from: Vec<crate::replay::PositionSpec>,
+    /// Where the range ends, exclusive (repeatable; default: the end offsets at start).
+    #[arg(long, value_name = "POS")]
+    to: Vec<crate::replay::PositionSpec>,
+    /// Prefix of the replay's output topics (default `replay.`).
+    #[arg(long, value_name = "PREFIX")]
+    output_prefix: Option<String>,
+    /// The replay's journeys topic.
+    #[arg(long, value_name = "TOPIC")]
+    journeys: Option<String>,
+    /// The replay's late-arrival topic.
+    #[arg(long, value_name = "TOPIC")]
+    late: Option<String>,
+    /// The replay's dead-letter topic.
+    #[arg(long, value_name = "TOPIC")]
+    dead_letters: Option<String>,
+    /// Allow writing into the live job's output topics.
+    #[arg(long)]
+    into_live_outputs: bool,
+    /// The replay's state directory (default: a temporary one, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Keep the temporary state directory at the end.
+    #[arg(long)]
+    keep_state: bool,
+    /// Continue the interrupted replay whose state is in --state.
+    #[arg(long, requires = "state")]
+    resume: bool,
+    /// Override the topology's shard count (worker threads).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create, list and describe topics of the embedded log.
@@ -74,6 +117,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+    /// Re-process a range of a topology's sources (backfill), isolated from the live job.
+    #[command(
+        after_help = "POS is beginning, end, offset:N or timestamp:RFC3339, for all sources, one topic\n(TOPIC=POS) or one partition (TOPIC/PARTITION=POS); the most specific one wins.\nThe replay uses its own state directory (a temporary one unless --state) and writes to\nits own output topics (prefixed `replay.` unless told otherwise).\n\nExamples:\n  braid replay topologies/customer_journey.toml --from beginning\n  braid replay topologies/customer_journey.toml --from timestamp:2026-01-05T08:00:00Z --to timestamp:2026-01-05T09:00:00Z\n  braid replay topologies/customer_journey.toml --from page.viewed/2=offset:7 --from beginning --output-prefix fix.\n  braid replay topologies/customer_journey.toml --from beginning --state data/replay-1 --resume"
+    )]
+    Replay(ReplayArgs),
     /// Read and JSON-parse every source record of a topology (the benchmarks' baseline).
     #[command(after_help = "Example:\n  braid scan topologies/customer_journey.toml")]
     Scan {
@@ -268,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary_json,
             },
         ),
+        Command::Replay(args) => replay(cli.log.as_deref(), args),
         Command::Validate { file } => validate(&file),
         Command::Scan {
             topology,
@@ -381,8 +430,14 @@ fn run_job(
     let stop = stop_on_signal();
     let opts = crate::job::RunOptions {
         bounded: args.bounded,
+        ..Default::default()
     };
     let summary = crate::job::run(&plan, &log, opts, &stop)?;
+    print_summary(&plan, &summary);
+    write_json(args.summary_json.as_deref(), &summary)
+}
+
+fn print_summary(plan: &topology::Plan, summary: &crate::job::Summary) {
     println!(
         "{}: {} records in, {} journeys, {} late, {} duplicates, {} dead letters in {:.2}s ({:.0} events/s, {} shards, {} checkpoints{})",
         plan.name,
@@ -405,7 +460,154 @@ fn run_job(
             String::new()
         }
     );
+}
+
+fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::Result<()> {
+    let live = load_plan(&args.topology)?;
+    let log = plan_log(log_override, &live)?;
+    if let Some(dir) = &args.state {
+        let holds_state = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if holds_state && !args.resume {
+            return Err(UsageError(format!(
+                "{} already holds a replay's state: add --resume to continue it, or choose a new directory",
+                dir.display()
+            ))
+            .into());
+        }
+        if !holds_state && args.resume {
+            return Err(UsageError(format!(
+                "--resume: {} holds no replay to resume",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    let temp_state =
+        std::env::temp_dir().join(format!("braid-replay-{}-{}", live.name, std::process::id()));
+    let iso = crate::replay::Isolation {
+        state: args.state.clone(),
+        output_prefix: args.output_prefix,
+        journeys: args.journeys,
+        late: args.late,
+        dead_letters: args.dead_letters,
+        into_live_outputs: args.into_live_outputs,
+    };
+    let mut plan =
+        crate::replay::isolate(&live, &iso, &temp_state).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(n) = args.shards {
+        if n == 0 {
+            return Err(UsageError("--shards must be at least 1".into()).into());
+        }
+        plan.shards = n;
+    }
+    let range = crate::replay::resolve(&plan, &log, &args.from, &args.to).map_err(|e| match e {
+        crate::replay::ReplayError::Log(e) => anyhow::Error::new(e).context("resolving the range"),
+        other => UsageError(other.to_string()).into(),
+    })?;
+    let total = range.records();
+    eprintln!(
+        "replaying {total} records of {} into {}, {}, {} (state {})",
+        plan.name,
+        plan.output.journeys,
+        plan.output.late,
+        plan.output.dead_letters,
+        plan.state.display()
+    );
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = stop_on_signal();
+    let finished = Arc::new(AtomicBool::new(false));
+    let reporter = spawn_progress(total, done.clone(), finished.clone());
+    let opts = crate::job::RunOptions {
+        bounded: true,
+        range: Some(range),
+        progress: Some(done),
+    };
+    let result = crate::job::run(&plan, &log, opts, &stop);
+    finished.store(true, Ordering::Relaxed);
+    let _ = reporter.join();
+    let temporary = args.state.is_none();
+    let interrupted = stop.load(Ordering::Relaxed);
+    if temporary && !args.keep_state && !interrupted {
+        let _ = std::fs::remove_dir_all(&plan.state);
+    }
+    let summary = result?;
+    print_summary(&plan, &summary);
+    if interrupted {
+        eprintln!(
+            "replay interrupted; continue it with: braid replay {} --from beginning --state {} --resume",
+            args.topology.display(),
+            plan.state.display()
+        );
+    }
     write_json(args.summary_json.as_deref(), &summary)
+}
+
+/// Reports a replay's progress on stderr until `finished`: a bar redrawn in place on a
+/// terminal, a line every 5 s otherwise.
+fn spawn_progress(
+    total: u64,
+    done: Arc<std::sync::atomic::AtomicU64>,
+    finished: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let tick = if terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        let mut next = started + tick;
+        loop {
+            // Short naps so the reporter ends promptly with the replay.
+            std::thread::sleep(Duration::from_millis(50));
+            let over = finished.load(Ordering::Relaxed);
+            if !over && std::time::Instant::now() < next {
+                continue;
+            }
+            next += tick;
+            let n = done.load(Ordering::Relaxed);
+            let line = progress_line(n, total, started.elapsed());
+            if terminal {
+                eprint!("\r{line}\x1b[K");
+                if over {
+                    eprintln!();
+                }
+            } else if !over {
+                eprintln!("{line}");
+            }
+            if over {
+                return;
+            }
+        }
+    })
+}
+
+/// `[#####.....] 1200/5000 records  24% · 30000 rec/s · ETA 0:00:01`
+fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let width = 30;
+    let filled = (fraction * width as f64).round() as usize;
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    let eta = if rate > 0.0 {
+        (total.saturating_sub(done) as f64 / rate) as u64
+    } else {
+        0
+    };
+    format!(
+        "[{}{}] {done}/{total} records {:>3.0}% · {rate:.0} rec/s · ETA {}:{:02}:{:02}",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        fraction * 100.0,
+        eta / 3600,
+        eta / 60 % 60,
+        eta % 60
+    )
 }
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {

@@ -49,6 +49,7 @@ use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key}
 use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
 };
+use crate::replay::Range;
 use crate::state::{Checkpoint, StateError, StateOptions, StateStore, encode};
 use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
@@ -100,10 +101,15 @@ pub enum JobError {
 }
 
 /// How to run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Stop at the end offsets present at start, close every window and return.
     pub bounded: bool,
+    /// A replay: read exactly this range (implies bounded). Partitions the checkpoint
+    /// has a position for resume there; a resumed replay keeps the range it started with.
+    pub range: Option<Range>,
+    /// Counts input records as they are read, for a progress display.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// What a run did.
@@ -142,6 +148,8 @@ struct JobSnapshot {
     watermarks: WatermarkSnapshot,
     /// Next output sequence number per output topic/partition.
     sequences: Vec<(String, u32, u64)>,
+    /// A replay's end offsets, kept so that a resumed replay ends where it would have.
+    ends: Vec<(String, u32, u64)>,
 }
 
 /// A message from the source stage to a shard.
@@ -274,6 +282,23 @@ pub fn run(
         tracing::info!(job = %job, state = %plan.state.display(), epoch = snapshot.epoch, republished, "resuming from checkpoint");
     }
 
+    // A replay's range; a resumed replay keeps the end it started with.
+    let ends: Option<BTreeMap<(String, u32), u64>> = if !snapshot.ends.is_empty() {
+        Some(
+            snapshot
+                .ends
+                .iter()
+                .map(|(t, p, o)| ((t.clone(), *p), *o))
+                .collect(),
+        )
+    } else {
+        opts.range.as_ref().map(|r| r.to.clone())
+    };
+    let stored_ends: Vec<(String, u32, u64)> = ends
+        .iter()
+        .flatten()
+        .map(|((t, p), o)| (t.clone(), *p, *o))
+        .collect();
     let committed = Arc::new(AtomicU64::new(snapshot.epoch));
     let (commit_tx, commit_rx) = sync_channel::<ToCommitter>(CHANNEL_BATCHES * (shards + 1));
     let committer = {
@@ -281,7 +306,9 @@ pub fn run(
         let committed = committed.clone();
         std::thread::Builder::new()
             .name("braid-commit".into())
-            .spawn(move || committer_stage(&store, outbox, commit_rx, shards, &committed))
+            .spawn(move || {
+                committer_stage(&store, outbox, commit_rx, shards, &committed, stored_ends)
+            })
             .expect("spawn committer thread")
     };
     let mut shard_txs = Vec::with_capacity(shards);
@@ -310,7 +337,10 @@ pub fn run(
     let source = SourceStage {
         plan,
         log,
-        opts,
+        bounded: opts.bounded || ends.is_some(),
+        from: opts.range.as_ref().map(|r| &r.from),
+        ends: ends.as_ref(),
+        progress: opts.progress.as_deref(),
         stop,
         shards: &shard_txs,
         committer: &commit_tx,
@@ -394,7 +424,11 @@ struct SourceCounts {
 struct SourceStage<'a> {
     plan: &'a Plan,
     log: &'a Log,
-    opts: RunOptions,
+    bounded: bool,
+    /// A replay's start and end offsets (start only where the checkpoint has none).
+    from: Option<&'a BTreeMap<(String, u32), u64>>,
+    ends: Option<&'a BTreeMap<(String, u32), u64>>,
+    progress: Option<&'a AtomicU64>,
     stop: &'a AtomicBool,
     shards: &'a [SyncSender<Vec<ShardMsg>>],
     committer: &'a SyncSender<ToCommitter>,
@@ -439,7 +473,7 @@ impl SourceStage<'_> {
     ) -> Result<SourceCounts, SourceError> {
         let plan = self.plan;
         let log = self.log;
-        let bounded = self.opts.bounded;
+        let bounded = self.bounded;
         let positions = store.positions().map_err(|source| {
             SourceError::Job(JobError::State {
                 job: plan.name.clone(),
@@ -468,7 +502,12 @@ impl SourceStage<'_> {
             let meta = log.topic(&src.topic)?;
             for p in 0..meta.partitions {
                 let info = log.partition_info(&src.topic, p)?;
-                let start = match positions.get(&(src.topic.clone(), p)) {
+                let key = (src.topic.clone(), p);
+                let end = self
+                    .ends
+                    .and_then(|e| e.get(&key).copied())
+                    .unwrap_or(info.end_offset);
+                let start = match positions.get(&key) {
                     Some(&at) if at > info.end_offset => {
                         return Err(SourceError::Job(JobError::PositionBeyondEnd {
                             job: plan.name.clone(),
@@ -480,7 +519,10 @@ impl SourceStage<'_> {
                         }));
                     }
                     Some(&at) => at,
-                    None => log.resolve_start(&src.topic, &info, src.start)?,
+                    None => match self.from.and_then(|f| f.get(&key)) {
+                        Some(&at) => at,
+                        None => log.resolve_start(&src.topic, &info, src.start)?,
+                    },
                 };
                 if let Some(w) = &mut watcher {
                     w.watch(&log.partition_dir(&src.topic, p))?;
@@ -492,7 +534,7 @@ impl SourceStage<'_> {
                     },
                     topic: src.topic.clone(),
                     reader: log.reader(&src.topic, p, start)?,
-                    end: info.end_offset,
+                    end,
                     done: false,
                 });
             }
@@ -587,6 +629,9 @@ impl SourceStage<'_> {
                             }
                         })?;
                         counts.records_in += n as u64;
+                        if let Some(progress) = self.progress {
+                            progress.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                         since_checkpoint += n as u64;
                         progressed |= n > 0;
                         if bounded && input.reader.position() >= input.end {
@@ -863,6 +908,7 @@ fn committer_stage(
     rx: Receiver<ToCommitter>,
     shards: usize,
     committed: &AtomicU64,
+    ends: Vec<(String, u32, u64)>,
 ) -> Result<CommitCounts, OutboxError> {
     let slots = shards + 1;
     let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
@@ -924,6 +970,7 @@ fn committer_stage(
                 .iter()
                 .map(|((t, p), s)| (t.clone(), *p, *s))
                 .collect(),
+            ends: ends.clone(),
         };
         let (keys, values): (Vec<String>, Vec<Vec<u8>>) = g.upserts.into_iter().unzip();
         let checkpoint = Checkpoint {

@@ -34,6 +34,8 @@
 //!   once (sequence numbers per output partition, recovery by reading their tails).
 //! - [`job`]: the runtime that wires source → decode → watermarks → sharded operators →
 //!   checkpoint → outbox on threads joined by bounded channels; `braid run`.
+//! - [`replay`]: a replay's range (`--from`/`--to` per source, topic or partition) and
+//!   its isolation from the live job (own state directory, own output topics).
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
@@ -48,6 +50,7 @@ pub mod engine;
 pub mod job;
 pub mod log;
 pub mod outbox;
+pub mod replay;
 pub mod state;
 pub mod time;
 pub mod topology;
