@@ -71,6 +71,12 @@ struct ReplayArgs {
     /// Keep the temporary state directory at the end.
     #[arg(long)]
     keep_state: bool,
+    /// Watermark alignment: do not read a partition whose watermark is more than this
+    /// ahead of the job watermark (e.g. 5m), so state stays bounded when one topic lags
+    /// far behind the others. Off by default: the replay then reads exactly as the live
+    /// job did.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    align: Option<Duration>,
     /// Continue the interrupted replay whose state is in --state.
     #[arg(long, requires = "state")]
     resume: bool,
@@ -246,6 +252,10 @@ struct GenArgs {
     /// Write one JSON-lines file per topic into this directory instead of the log.
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Make a topic's records arrive this much later (append time; event times stay),
+    /// e.g. order.placed=1h: a topic lagging behind the others. Repeatable.
+    #[arg(long, value_name = "TOPIC=DURATION")]
+    delay: Vec<String>,
 }
 
 fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
@@ -521,6 +531,7 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
         bounded: true,
         range: Some(range),
         progress: Some(done),
+        align: args.align,
     };
     let result = crate::job::run(&plan, &log, opts, &stop);
     finished.store(true, Ordering::Relaxed);
@@ -582,6 +593,11 @@ fn spawn_progress(
             }
         }
     })
+}
+
+/// A human duration (`250ms`, `5s`, `30m`) for a command-line flag.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    topology::duration::parse(text).map_err(|e| format!("{e}: {}", e.hint()))
 }
 
 /// `[#####.....] 1200/5000 records  24% · 30000 rec/s · ETA 0:00:01`
@@ -933,6 +949,22 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
         .copied()
         .collect();
     let partitions = gen_partitions(&args.partitions, &topics)?;
+    let mut delays = vec![0i64; topics.len()];
+    for spec in &args.delay {
+        let (topic, d) = spec.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "--delay {spec}: expected TOPIC=DURATION, e.g. order.placed=1h"
+            ))
+        })?;
+        let i = topics.iter().position(|t| *t == topic).ok_or_else(|| {
+            UsageError(format!(
+                "--delay {spec}: `{topic}` is not a generated topic ({})",
+                topics.join(", ")
+            ))
+        })?;
+        let d = parse_duration(d).map_err(|e| UsageError(format!("--delay {spec}: {e}")))?;
+        delays[i] = d.as_millis().min(i64::MAX as u128) as i64;
+    }
     let started = std::time::Instant::now();
     let destination = match &args.out_dir {
         Some(dir) => {
@@ -981,7 +1013,7 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
                 producers[i].send_at(
                     rec.key.as_deref().map(str::as_bytes),
                     &rec.value,
-                    rec.arrival_ms,
+                    rec.arrival_ms.saturating_add(delays[i]),
                 )?;
             }
             for p in &mut producers {

@@ -110,6 +110,9 @@ pub struct RunOptions {
     pub range: Option<Range>,
     /// Counts input records as they are read, for a progress display.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Watermark alignment (replays catching up): a partition whose watermark is more
+    /// than this ahead of the job watermark is not read until the job watermark follows.
+    pub align: Option<Duration>,
 }
 
 /// What a run did.
@@ -132,6 +135,8 @@ pub struct Summary {
     pub state_keys_peak: u64,
     /// Largest RocksDB estimate of live data (bytes) seen at a checkpoint.
     pub state_bytes_peak: u64,
+    /// Most windows open at once (per checkpoint interval, the sum of each shard's peak).
+    pub open_windows_peak: u64,
 }
 
 impl Summary {
@@ -179,6 +184,8 @@ enum Part {
         upserts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
         duplicates: u64,
+        /// Most windows open at once since the previous barrier.
+        open_windows_peak: usize,
     },
     Source {
         positions: Vec<(String, u32, u64)>,
@@ -341,6 +348,9 @@ pub fn run(
         from: opts.range.as_ref().map(|r| &r.from),
         ends: ends.as_ref(),
         progress: opts.progress.as_deref(),
+        align: opts
+            .align
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
         stop,
         shards: &shard_txs,
         committer: &commit_tx,
@@ -392,6 +402,7 @@ pub fn run(
         republished,
         state_keys_peak: counts.state_keys_peak,
         state_bytes_peak: counts.state_bytes_peak,
+        open_windows_peak: counts.open_windows_peak,
     })
 }
 
@@ -402,6 +413,8 @@ struct Input {
     /// Bounded runs stop here.
     end: u64,
     done: bool,
+    /// Held back by watermark alignment for this slice.
+    paused: bool,
 }
 
 enum SourceError {
@@ -429,6 +442,8 @@ struct SourceStage<'a> {
     from: Option<&'a BTreeMap<(String, u32), u64>>,
     ends: Option<&'a BTreeMap<(String, u32), u64>>,
     progress: Option<&'a AtomicU64>,
+    /// Watermark alignment: pause partitions whose watermark is more than this ahead.
+    align: Option<i64>,
     stop: &'a AtomicBool,
     shards: &'a [SyncSender<Vec<ShardMsg>>],
     committer: &'a SyncSender<ToCommitter>,
@@ -536,6 +551,7 @@ impl SourceStage<'_> {
                     reader: log.reader(&src.topic, p, start)?,
                     end,
                     done: false,
+                    paused: false,
                 });
             }
         }
@@ -584,9 +600,20 @@ impl SourceStage<'_> {
             .as_millis() as i64;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
+            if let Some(align) = self.align {
+                // Watermark alignment: a partition far ahead of the job watermark waits.
+                // The partition that defines the job watermark is never paused, so
+                // reading always goes on.
+                let limit = watermarks.current().saturating_add(align);
+                for input in inputs.iter_mut() {
+                    input.paused = watermarks
+                        .partition(input.id)
+                        .is_some_and(|p| p.watermark > limit);
+                }
+            }
             let mut oldest: Option<i64> = None;
             if !stopping {
-                for input in inputs.iter_mut().filter(|i| !i.done) {
+                for input in inputs.iter_mut().filter(|i| !i.done && !i.paused) {
                     if let Some(ts) = input.reader.peek_timestamp()? {
                         oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
                     }
@@ -598,7 +625,7 @@ impl SourceStage<'_> {
                 let horizon = oldest.saturating_add(slice_ms);
                 loop {
                     let mut progressed = false;
-                    for input in inputs.iter_mut().filter(|i| !i.done) {
+                    for input in inputs.iter_mut().filter(|i| !i.done && !i.paused) {
                         let max = if bounded {
                             (input.end.saturating_sub(input.reader.position()) as usize).min(BATCH)
                         } else {
@@ -793,6 +820,7 @@ impl Shard {
         let mut outputs = Vec::new();
         let mut records = Vec::new();
         let mut duplicates = 0;
+        let mut open_windows_peak = 0;
         for batch in rx {
             for msg in batch {
                 match msg {
@@ -819,6 +847,7 @@ impl Shard {
                             upserts,
                             deletes,
                             duplicates: std::mem::take(&mut duplicates),
+                            open_windows_peak: std::mem::take(&mut open_windows_peak),
                         };
                         if !records.is_empty() {
                             let records = std::mem::take(&mut records);
@@ -860,6 +889,7 @@ impl Shard {
                     }
                 }
             }
+            open_windows_peak = open_windows_peak.max(op.open_windows());
             if let Some(e) = failed.lock().ok().and_then(|mut slot| slot.take()) {
                 return Err(e);
             }
@@ -885,6 +915,7 @@ struct CommitCounts {
     checkpoints: u64,
     state_keys_peak: u64,
     state_bytes_peak: u64,
+    open_windows_peak: u64,
 }
 
 /// The parts of one checkpoint gathered so far.
@@ -897,6 +928,8 @@ struct Gathering {
     deletes: Vec<String>,
     positions: Vec<(String, u32, u64)>,
     watermarks: Option<WatermarkSnapshot>,
+    /// Sum over shards of their peak open windows.
+    open_windows: u64,
 }
 
 /// Gathers every stage's part of each checkpoint, commits it as one batch, then publishes
@@ -929,9 +962,11 @@ fn committer_stage(
                         upserts,
                         deletes,
                         duplicates,
+                        open_windows_peak,
                     } => {
                         g.upserts.extend(upserts);
                         g.deletes.extend(deletes);
+                        g.open_windows += open_windows_peak as u64;
                         counts.duplicates += duplicates;
                     }
                     Part::Source {
@@ -949,6 +984,7 @@ fn committer_stage(
             }
         };
         let g = gathering.remove(&epoch).expect("gathered above");
+        counts.open_windows_peak = counts.open_windows_peak.max(g.open_windows);
         // Dead letters first, then shard by shard: a fixed order for a fixed shard count.
         let mut records = g.records;
         let mut entries = Vec::new();
