@@ -27,9 +27,52 @@
 //! - Watermark work touches only due sessions: two ordered timer sets, never a scan
 //!   of the keys. Per-key state is a [`KeyState`] (serde) that a state store can
 //!   persist and [`SessionOperator::restore_key`] can load back.
-//! - Emission order on one watermark: by (window end, key, window start).
+//! - Emission order on one watermark: by (window end, key, window start) — with
+//!   `max_duration`, by (close deadline, key, window start), see below.
+//!
+//! `max_duration` (`M`, optional, at least `gap`) splits endless sessions. A session
+//! never spans `M` or more of event time: an event *fits* a session when adding it
+//! keeps `last − first < M`. An event joins the session whose range contains it, else
+//! the session just before it if it touches and fits it, else the one just after it
+//! (it bridges the two only if the merged session fits too); an event that touches
+//! sessions but fits none starts a new session, even within `gap` of them.
+//! So a steady stream is cut at its first event, then at the first event at or after
+//! `start + M`, and so on. A split session can no longer be joined after
+//! `first + M − 1`, so its window is `[first, min(last + gap, first + M))` and it
+//! closes once `W > min(last + gap, first + M − 1) + grace` — possibly before its
+//! `gap` runs out. Late reports likewise only name a remembered journey the event
+//! would have fitted. The split depends on arrival order only through which
+//! sessions exist when an event arrives, so the same input sequence always gives the
+//! same journeys; consecutive journeys of a key may then be less than `gap` apart
+//! (never overlapping). Journeys carry no extra field: a capped window is recognisable
+//! by `end − start = M`. Emission on one watermark follows the close deadlines, so a
+//! split session is emitted as if its end were `first + M − 1`. Without `M` every
+//! rule above is unchanged (`M = ∞`).
+//! `M < gap` is rejected: such a "session" could never last one gap, which is
+//! almost certainly a unit mistake in the topology.
+//!
+//! Write-behind state (the runtime persists keys at checkpoints and keeps a bounded
+//! cache in memory):
+//! - Every mutation of a key's state (new or joined event, merge, emit, forget) marks
+//!   it dirty, once: a flag in its cache entry plus its name in a list, so the hot path
+//!   pays no extra hashing. Duplicates and late events change nothing and mark
+//!   nothing. [`SessionOperator::drain_changes`] reports each dirty key once, with its
+//!   state or `None` when it is gone; a key whose state appeared and vanished between
+//!   two drains is not reported, since the store never held it.
+//! - Only clean keys whose last drain epoch is `≤` the committed epoch are evicted, so
+//!   the stored copy is durable and equal to the cached one; least recently drained
+//!   first (a FIFO of drains; entries made stale by a later drain are skipped and
+//!   compacted away). Keys restored or read back from the store count as drained at
+//!   epoch 0 and at the latest drain epoch respectively.
+//! - Timers stay in memory for every key, cached or evicted. A key that is not cached
+//!   is looked up in the set of evicted keys before the loader is asked, so brand-new
+//!   keys never cost a store read. An event or a due timer of an evicted key reads it
+//!   back first. If the loader has nothing for an evicted key (a storage problem the
+//!   runtime reports itself), the key is treated as having no state and its timers
+//!   are dropped, so timers never point at missing state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +83,9 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use super::{Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics};
 use crate::decode::Event;
 
-/// Longest accepted `gap`, `grace` or `retention`: 100 years. Event times stay within
-/// years 0000 to 9999, so `time + gap + grace + retention` can never overflow.
+/// Longest accepted `gap`, `grace`, `retention` or `max_duration`: 100 years. Event
+/// times stay within years 0000 to 9999, so `time + gap + grace + retention` can never
+/// overflow.
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 fn default_true() -> bool {
@@ -67,7 +111,8 @@ pub struct SessionConfig {
     /// more than `grace + retention` behind the watermark.
     #[serde(default)]
     pub retention: Option<Duration>,
-    /// Not supported yet: `build` rejects it rather than ignoring it.
+    /// Longest span of one session (at least `gap`); longer runs are split (module
+    /// doc). None: unbounded.
     #[serde(default)]
     pub max_duration: Option<Duration>,
     /// Whether journeys embed each event's payload.
@@ -89,9 +134,13 @@ pub enum SessionConfigError {
         got: Duration,
     },
     #[error(
-        "topology `{topology}`, correlation session: `max_duration` is not supported yet; remove it"
+        "topology `{topology}`, correlation session: `max_duration` must be at least `gap` ({gap:?}), got {got:?}"
     )]
-    MaxDurationUnsupported { topology: String },
+    MaxDurationBelowGap {
+        topology: String,
+        gap: Duration,
+        got: Duration,
+    },
     #[error("topology `{topology}`, correlation session: {count} sources, expected 1 to 65536")]
     SourceCount { topology: String, count: usize },
 }
@@ -109,11 +158,14 @@ impl SessionConfig {
         }
         let retention = self.retention.unwrap_or(self.gap);
         for (field, got) in [
-            ("gap", self.gap),
-            ("grace", self.grace),
-            ("retention", retention),
+            ("gap", Some(self.gap)),
+            ("grace", Some(self.grace)),
+            ("retention", Some(retention)),
+            ("max_duration", self.max_duration),
         ] {
-            if got > MAX_SESSION_DURATION {
+            if let Some(got) = got
+                && got > MAX_SESSION_DURATION
+            {
                 return Err(SessionConfigError::TooLong {
                     topology: topology.clone(),
                     field,
@@ -121,9 +173,13 @@ impl SessionConfig {
                 });
             }
         }
-        if self.max_duration.is_some() {
-            return Err(SessionConfigError::MaxDurationUnsupported {
+        if let Some(got) = self.max_duration
+            && got.as_millis() < self.gap.as_millis()
+        {
+            return Err(SessionConfigError::MaxDurationBelowGap {
                 topology: topology.clone(),
+                gap: self.gap,
+                got,
             });
         }
         if self.sources.is_empty() || self.sources.len() > usize::from(u16::MAX) + 1 {
@@ -132,21 +188,29 @@ impl SessionConfig {
                 count: self.sources.len(),
             });
         }
-        // Both bounded by MAX_SESSION_DURATION above, so the casts are exact.
+        // All bounded by MAX_SESSION_DURATION above, so the casts are exact.
         let gap = self.gap.as_millis() as i64;
         let grace = self.grace.as_millis() as i64;
         let retention = self.retention.map_or(gap, |r| r.as_millis() as i64);
+        let max_span = self.max_duration.map_or(i64::MAX, |m| m.as_millis() as i64);
         Ok(SessionOperator {
             topics: self.sources.into_iter().map(Arc::from).collect(),
             topology: self.topology.into(),
             gap,
             grace,
             retention,
+            max_span,
             include_payload: self.include_payload,
             watermark: i64::MIN,
             keys: HashMap::new(),
             closes: BTreeSet::new(),
             expiries: BTreeSet::new(),
+            evicted: HashSet::new(),
+            dirty: Vec::new(),
+            removed: HashSet::new(),
+            drain_order: VecDeque::new(),
+            last_drain: 0,
+            loader: Loader(None),
         })
     }
 }
@@ -173,14 +237,44 @@ pub struct EmittedSession {
 
 /// Everything the operator keeps for one key.
 ///
-/// Invariants: `open` and `emitted` are each sorted by `first`; any two sessions of
-/// either list are more than `gap` apart; `seen` holds exactly the fingerprints of the
-/// events with an id in `open` and `emitted`.
+/// Invariants: `open` and `emitted` are each sorted by `first`; their sessions never
+/// overlap, and without `max_duration` any two of either list are more than `gap`
+/// apart; every session spans less than `max_duration`; `seen` holds exactly the
+/// fingerprints of the events with an id in `open` and `emitted`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     pub open: Vec<OpenSession>,
     pub emitted: Vec<EmittedSession>,
     pub seen: HashSet<u128>,
+}
+
+/// Reads back the committed state of an evicted key. Implemented by the runtime over
+/// RocksDB; tests implement it over a HashMap. Returning None means "no stored state".
+pub trait KeyLoader: Send {
+    fn load(&mut self, key: &str) -> Option<KeyState>;
+}
+
+/// The installed loader; a newtype only so the operator can stay `Debug`.
+struct Loader(Option<Box<dyn KeyLoader>>);
+
+impl fmt::Debug for Loader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Loader" } else { "None" })
+    }
+}
+
+/// A key's state in memory and its write-behind bookkeeping.
+#[derive(Debug)]
+struct Cached {
+    state: KeyState,
+    /// Changed since the last drain; the key is then in `SessionOperator::dirty`.
+    dirty: bool,
+    /// The store holds a state for this key (drained, restored or read back), so its
+    /// disappearance must be reported as a delete.
+    stored: bool,
+    /// Epoch of the drain that last wrote it (see the module doc for restored and
+    /// read-back keys); matches at most one `drain_order` entry, the live one.
+    drained: u64,
 }
 
 /// A timer: (deadline, key, session first time). Ordered by deadline first, which
@@ -195,14 +289,29 @@ pub struct SessionOperator {
     gap: i64,
     grace: i64,
     retention: i64,
+    /// `max_duration` in ms; `i64::MAX` when unbounded.
+    max_span: i64,
     include_payload: bool,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
-    keys: HashMap<Arc<str>, KeyState>,
-    /// One per open session: (last + gap + grace, key, first).
+    /// The cached keys.
+    keys: HashMap<Arc<str>, Cached>,
+    /// One per open session: (close deadline, key, first).
     closes: BTreeSet<Timer>,
     /// One per remembered emitted session: (forget_after, key, first).
     expiries: BTreeSet<Timer>,
+    /// Keys with state in the store only; disjoint from `keys`.
+    evicted: HashSet<Arc<str>>,
+    /// Keys marked dirty since the last drain, each once; an entry whose key has since
+    /// gone or been restored clean is skipped.
+    dirty: Vec<Arc<str>>,
+    /// Keys whose stored state vanished since the last drain (to report as `None`).
+    removed: HashSet<Arc<str>>,
+    /// (drain epoch, key) in drain order, the eviction order; stale entries allowed.
+    drain_order: VecDeque<(u64, Arc<str>)>,
+    /// Highest epoch drained so far.
+    last_drain: u64,
+    loader: Loader,
 }
 
 /// Whether the watermark is past a deadline (see the module doc for why strictly).
@@ -219,14 +328,66 @@ fn fingerprint(source: u16, id: &str) -> u128 {
     h.finish128().as_u128()
 }
 
+/// Marks a cached key dirty, listing it the first time since the last drain.
+fn mark_dirty(cached: &mut Cached, dirty: &mut Vec<Arc<str>>, key: &Arc<str>) {
+    if !cached.dirty {
+        cached.dirty = true;
+        dirty.push(key.clone());
+    }
+}
+
+/// The close deadline of a session: the last event time that can still join it,
+/// plus grace.
+fn close_deadline(gap: i64, grace: i64, max_span: i64, first: i64, last: i64) -> i64 {
+    last.saturating_add(gap)
+        .min(first.saturating_add(max_span - 1))
+        .saturating_add(grace)
+}
+
+/// Where an event at `t` goes in a list of sessions (sorted by first, disjoint).
+enum Place {
+    /// Joins the session at this index.
+    Join(usize),
+    /// Joins none: a new session would be inserted at this index.
+    New(usize),
+}
+
+/// Places an event at `t` in `list`: into the session containing `t`, else into the
+/// neighbour before it, else the one after it, the first that `accepts` it (touched
+/// and fits). Joining only a neighbour keeps the sessions disjoint; without
+/// `max_duration` the two neighbours are the only sessions `t` can touch.
+fn place<S>(
+    list: &[S],
+    t: i64,
+    span: impl Fn(&S) -> (i64, i64),
+    accepts: impl Fn(i64, i64) -> bool,
+) -> Place {
+    let p = list.partition_point(|s| span(s).0 <= t);
+    if let Some(prev) = p.checked_sub(1).and_then(|i| list.get(i)) {
+        let (first, last) = span(prev);
+        if t <= last || accepts(first, last) {
+            return Place::Join(p - 1);
+        }
+    }
+    match list.get(p).map(span) {
+        Some((first, last)) if accepts(first, last) => Place::Join(p),
+        _ => Place::New(p),
+    }
+}
+
 impl SessionOperator {
     /// The highest watermark seen.
     pub fn watermark(&self) -> i64 {
         self.watermark
     }
 
-    /// Keys that have any state (open or remembered sessions).
+    /// Keys that have any state (open or remembered sessions), cached or evicted.
     pub fn keys_with_state(&self) -> usize {
+        self.keys.len() + self.evicted.len()
+    }
+
+    /// Keys whose state is in memory now.
+    pub fn cached_keys(&self) -> usize {
         self.keys.len()
     }
 
@@ -235,38 +396,176 @@ impl SessionOperator {
         self.expiries.len()
     }
 
-    /// The state of one key, for a state store to persist.
+    /// The state of one key if it is cached (None for an evicted key).
     pub fn key_state(&self, key: &str) -> Option<&KeyState> {
-        self.keys.get(key)
+        self.keys.get(key).map(|c| &c.state)
+    }
+
+    /// Installs the loader used for keys that are not cached. Without a loader nothing
+    /// is ever evicted (`evict` is a no-op) and no load is attempted.
+    pub fn set_loader(&mut self, loader: Box<dyn KeyLoader>) {
+        self.loader = Loader(Some(loader));
     }
 
     /// Loads a key's persisted state (replacing any it has) and rebuilds its timers.
+    /// The key is then clean and counts as drained at epoch 0: evictable at any
+    /// committed epoch.
     pub fn restore_key(&mut self, key: &str, state: KeyState) {
-        let key: Arc<str> = Arc::from(key);
-        if let Some(old) = self.keys.remove(&key) {
-            for s in &old.open {
+        let key: Arc<str> = if let Some((key, old)) = self.keys.remove_entry(key) {
+            for s in &old.state.open {
                 self.closes
-                    .remove(&(self.close_at(s.last), key.clone(), s.first));
+                    .remove(&(self.close_at(s.first, s.last), key.clone(), s.first));
             }
-            for s in &old.emitted {
+            for s in &old.state.emitted {
                 self.expiries
                     .remove(&(s.forget_after, key.clone(), s.first));
             }
+            key
+        } else if let Some(key) = self.evicted.take(key) {
+            // Its old sessions are not in memory: find its timers the slow way (a
+            // restore over an evicted key is not a hot path).
+            self.drop_timers(&key);
+            key
+        } else {
+            Arc::from(key)
+        };
+        if !self.removed.is_empty() {
+            self.removed.remove(&key);
         }
         for s in &state.open {
             self.closes
-                .insert((self.close_at(s.last), key.clone(), s.first));
+                .insert((self.close_at(s.first, s.last), key.clone(), s.first));
         }
         for s in &state.emitted {
             self.expiries.insert((s.forget_after, key.clone(), s.first));
         }
         if !state.open.is_empty() || !state.emitted.is_empty() {
-            self.keys.insert(key, state);
+            self.drain_order.push_front((0, key.clone()));
+            self.keys.insert(
+                key,
+                Cached {
+                    state,
+                    dirty: false,
+                    stored: true,
+                    drained: 0,
+                },
+            );
         }
     }
 
-    fn close_at(&self, last: i64) -> i64 {
-        last.saturating_add(self.gap).saturating_add(self.grace)
+    /// Calls `f(key, Some(&state))` for every key whose state changed since the
+    /// previous call and still has state, and `f(key, None)` for every such key whose
+    /// state is now gone. Afterwards these keys are clean, and remembered as "written
+    /// at `epoch`" (`epoch`s are increasing). Each changed key is reported once, in no
+    /// particular order.
+    pub fn drain_changes(&mut self, epoch: u64, mut f: impl FnMut(&str, Option<&KeyState>)) {
+        self.last_drain = self.last_drain.max(epoch);
+        for key in self.dirty.drain(..) {
+            if let Some(c) = self.keys.get_mut(&key)
+                && c.dirty
+            {
+                c.dirty = false;
+                c.stored = true;
+                c.drained = epoch;
+                f(&key, Some(&c.state));
+                self.drain_order.push_back((epoch, key));
+            }
+        }
+        for key in self.removed.drain() {
+            // A key that came back was reported above with its new state.
+            if !self.keys.contains_key(&key) {
+                f(&key, None);
+            }
+        }
+        // Keep the eviction queue proportional to the cache: drop entries superseded by
+        // a later drain or whose key left the cache (amortised O(1) per entry).
+        if self.drain_order.len() > 2 * self.keys.len() + 64 {
+            let keys = &self.keys;
+            self.drain_order
+                .retain(|(epoch, key)| keys.get(key).is_some_and(|c| c.drained == *epoch));
+        }
+    }
+
+    /// Evicts cached keys until at most `max_cached` remain, choosing only keys that
+    /// are clean and whose last drain epoch is `<= committed_epoch` (their stored state
+    /// is durable and current), least recently drained first. Returns how many were
+    /// evicted. A no-op without a loader.
+    pub fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
+        if self.loader.0.is_none() {
+            return 0;
+        }
+        let mut evicted = 0;
+        while self.keys.len() > max_cached {
+            let Some((epoch, _)) = self.drain_order.front() else {
+                break;
+            };
+            // Entries are in drain order, so nothing further is committed either.
+            if *epoch > committed_epoch {
+                break;
+            }
+            let Some((epoch, key)) = self.drain_order.pop_front() else {
+                break;
+            };
+            let current = self
+                .keys
+                .get(&key)
+                .is_some_and(|c| !c.dirty && c.drained == epoch);
+            if current {
+                self.keys.remove(&key);
+                self.evicted.insert(key);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Reads an evicted key back into the cache; returns its cached name, or None when
+    /// it has no state (never evicted, or the loader has nothing: then its timers are
+    /// dropped).
+    fn load(&mut self, key: &str) -> Option<Arc<str>> {
+        if self.evicted.is_empty() {
+            return None;
+        }
+        let key = self.evicted.take(key)?;
+        let state = self.loader.0.as_mut().and_then(|l| l.load(&key));
+        match state {
+            Some(state) if !state.open.is_empty() || !state.emitted.is_empty() => {
+                self.drain_order.push_back((self.last_drain, key.clone()));
+                self.keys.insert(
+                    key.clone(),
+                    Cached {
+                        state,
+                        dirty: false,
+                        stored: true,
+                        drained: self.last_drain,
+                    },
+                );
+                Some(key)
+            }
+            stored => {
+                if stored.is_some() {
+                    // An empty stored state is no state: have the store drop it.
+                    self.removed.insert(key.clone());
+                }
+                self.drop_timers(&key);
+                None
+            }
+        }
+    }
+
+    /// Whether `key` has state in memory, reading it back first if it was evicted.
+    fn ensure_cached(&mut self, key: &str) -> bool {
+        self.keys.contains_key(key) || self.load(key).is_some()
+    }
+
+    /// Removes every timer of `key` (a scan: only for keys whose state is not there).
+    fn drop_timers(&mut self, key: &str) {
+        self.closes.retain(|t| &*t.1 != key);
+        self.expiries.retain(|t| &*t.1 != key);
+    }
+
+    fn close_at(&self, first: i64, last: i64) -> i64 {
+        close_deadline(self.gap, self.grace, self.max_span, first, last)
     }
 
     fn late(
@@ -297,18 +596,25 @@ impl SessionOperator {
     /// Emits the open session of `key` starting at `first` (its close timer has just
     /// been taken) and starts remembering it.
     fn emit(&mut self, key: Arc<str>, first: i64, out: &mut Vec<Output>) {
-        let Some(state) = self.keys.get_mut(&key) else {
+        if !self.ensure_cached(&key) {
+            return;
+        }
+        let (gap, grace, max_span) = (self.gap, self.grace, self.max_span);
+        let Some(cached) = self.keys.get_mut(&key) else {
             return;
         };
+        let state = &mut cached.state;
         let Ok(i) = state.open.binary_search_by_key(&first, |s| s.first) else {
             return;
         };
         let mut session = state.open.remove(i);
         session.events.sort_unstable_by_key(RecordEvent::order_key);
         let id = JourneyId::new(&self.topology, &key, first);
-        let end = session.last.saturating_add(self.gap);
-        let forget_after = end
-            .saturating_add(self.grace)
+        let end = session
+            .last
+            .saturating_add(gap)
+            .min(first.saturating_add(max_span));
+        let forget_after = close_deadline(gap, grace, max_span, first, session.last)
             .saturating_add(self.retention);
         let fingerprints = session
             .events
@@ -326,6 +632,7 @@ impl SessionOperator {
                 fingerprints,
             },
         );
+        mark_dirty(cached, &mut self.dirty, &key);
         self.expiries.insert((forget_after, key.clone(), first));
         out.push(Output::Journey(Journey {
             id,
@@ -341,9 +648,13 @@ impl SessionOperator {
     /// Forgets the emitted session of `key` starting at `first` (its expiry timer has
     /// just been taken), and the key when nothing else is left of it.
     fn forget(&mut self, key: Arc<str>, first: i64) {
-        let Some(state) = self.keys.get_mut(&key) else {
+        if !self.ensure_cached(&key) {
+            return;
+        }
+        let Some(cached) = self.keys.get_mut(&key) else {
             return;
         };
+        let state = &mut cached.state;
         let Ok(i) = state.emitted.binary_search_by_key(&first, |s| s.first) else {
             return;
         };
@@ -352,7 +663,12 @@ impl SessionOperator {
             state.seen.remove(fp);
         }
         if state.open.is_empty() && state.emitted.is_empty() {
+            if cached.stored {
+                self.removed.insert(key.clone());
+            }
             self.keys.remove(&key);
+        } else {
+            mark_dirty(cached, &mut self.dirty, &key);
         }
     }
 }
@@ -360,16 +676,16 @@ impl SessionOperator {
 impl Operator for SessionOperator {
     fn on_event(&mut self, event: Event, watermark: i64, out: &mut Vec<Output>) {
         self.on_watermark(watermark, out);
-        let (gap, grace, wm) = (self.gap, self.grace, self.watermark);
+        let (gap, grace, max_span, wm) = (self.gap, self.grace, self.max_span, self.watermark);
         let t = event.time;
-        let own_deadline = t.saturating_add(gap).saturating_add(grace);
+        let own_deadline = close_deadline(gap, grace, max_span, t, t);
         let fp = event.id.as_deref().map(|id| fingerprint(event.source, id));
 
-        let Some(key) = self
-            .keys
-            .get_key_value(event.key.as_str())
-            .map(|(k, _)| k.clone())
-        else {
+        let key = match self.keys.get_key_value(event.key.as_str()) {
+            Some((k, _)) => Some(k.clone()),
+            None => self.load(&event.key),
+        };
+        let Some(key) = key else {
             // First event of a key (or of a key whose state was all dropped).
             if passed(own_deadline, wm) {
                 return self.late(event, own_deadline, None, out);
@@ -384,12 +700,22 @@ impl Operator for SessionOperator {
                 events: vec![record],
             });
             self.closes.insert((own_deadline, key.clone(), t));
-            self.keys.insert(key, state);
+            self.dirty.push(key.clone());
+            self.keys.insert(
+                key,
+                Cached {
+                    state,
+                    dirty: true,
+                    stored: false,
+                    drained: 0,
+                },
+            );
             return;
         };
-        let Some(state) = self.keys.get_mut(&key) else {
+        let Some(cached) = self.keys.get_mut(&key) else {
             return self.late(event, own_deadline, None, out);
         };
+        let state = &mut cached.state;
 
         if let Some(fp) = fp
             && state.seen.contains(&fp)
@@ -412,52 +738,52 @@ impl Operator for SessionOperator {
             return;
         }
 
-        let close_at = |last: i64| last.saturating_add(gap).saturating_add(grace);
+        let close_at = |first: i64, last: i64| close_deadline(gap, grace, max_span, first, last);
         let touches =
             |first: i64, last: i64| first.saturating_sub(gap) <= t && t <= last.saturating_add(gap);
-        let e = state
-            .emitted
-            .partition_point(|s| s.last.saturating_add(gap) < t);
-        if let Some(emitted) = state.emitted.get(e)
-            && touches(emitted.first, emitted.last)
-        {
-            // The earliest session it touches: had the event come in time, the merged
-            // session would have started there and kept that session's id.
-            let (id, deadline) = (emitted.id, close_at(emitted.last));
+        // Sessions never span max_span or more (always true without max_duration).
+        let fits = |first: i64, last: i64| last.max(t) - first.min(t) < max_span;
+        let accepts = |first: i64, last: i64| touches(first, last) && fits(first, last);
+        if let Place::Join(e) = place(&state.emitted, t, |s| (s.first, s.last), accepts) {
+            // The earliest session it would join: had the event come in time, the
+            // merged session would have started there and kept that session's id.
+            let emitted = &state.emitted[e];
+            let (id, deadline) = (emitted.id, close_at(emitted.first, emitted.last));
             return self.late(event, deadline, Some(id), out);
         }
 
-        let i = state
-            .open
-            .partition_point(|s| s.last.saturating_add(gap) < t);
-        let joins = state.open.get(i).is_some_and(|s| touches(s.first, s.last));
-        if !joins {
-            if passed(own_deadline, wm) {
-                return self.late(event, own_deadline, None, out);
+        let i = match place(&state.open, t, |s| (s.first, s.last), accepts) {
+            Place::Join(i) => i,
+            Place::New(at) => {
+                if passed(own_deadline, wm) {
+                    return self.late(event, own_deadline, None, out);
+                }
+                let (_, record) = RecordEvent::split(event);
+                state.seen.extend(fp);
+                state.open.insert(
+                    at,
+                    OpenSession {
+                        first: t,
+                        last: t,
+                        events: vec![record],
+                    },
+                );
+                mark_dirty(cached, &mut self.dirty, &key);
+                self.closes.insert((own_deadline, key, t));
+                return;
             }
-            let (_, record) = RecordEvent::split(event);
-            state.seen.extend(fp);
-            state.open.insert(
-                i,
-                OpenSession {
-                    first: t,
-                    last: t,
-                    events: vec![record],
-                },
-            );
-            self.closes.insert((own_deadline, key, t));
-            return;
-        }
+        };
 
-        let bridges = state
-            .open
-            .get(i + 1)
-            .is_some_and(|s| touches(s.first, s.last));
         let (old_first, old_last) = (state.open[i].first, state.open[i].last);
+        // Only an event past the end of the session it joins can reach the next one.
+        let bridges = t > old_last
+            && state.open.get(i + 1).is_some_and(|next| {
+                touches(next.first, next.last) && next.last - old_first < max_span
+            });
         if bridges {
             let next = state.open.remove(i + 1);
             self.closes
-                .remove(&(close_at(next.last), key.clone(), next.first));
+                .remove(&(close_at(next.first, next.last), key.clone(), next.first));
             let session = &mut state.open[i];
             session.last = next.last;
             session.events.extend(next.events);
@@ -468,10 +794,12 @@ impl Operator for SessionOperator {
         session.first = session.first.min(t);
         session.last = session.last.max(t);
         session.events.push(record);
-        if (session.first, session.last) != (old_first, old_last) {
-            let new_timer = (close_at(session.last), key.clone(), session.first);
-            self.closes.remove(&(close_at(old_last), key, old_first));
-            self.closes.insert(new_timer);
+        let (first, last) = (session.first, session.last);
+        mark_dirty(cached, &mut self.dirty, &key);
+        if (first, last) != (old_first, old_last) {
+            self.closes
+                .remove(&(close_at(old_first, old_last), key.clone(), old_first));
+            self.closes.insert((close_at(first, last), key, first));
         }
     }
 
@@ -502,6 +830,8 @@ impl Operator for SessionOperator {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use proptest::prelude::*;
 
@@ -933,17 +1263,414 @@ mod tests {
             "topology `customer-journey`, correlation session: `grace` must be at most 100 years, got 3153600001s"
         );
         c.grace = Duration::ZERO;
-        c.max_duration = Some(Duration::from_secs(3600));
+        c.max_duration = Some(Duration::from_secs(59));
         assert_eq!(
             c.clone().build().unwrap_err().to_string(),
-            "topology `customer-journey`, correlation session: `max_duration` is not supported yet; remove it"
+            "topology `customer-journey`, correlation session: `max_duration` must be at least `gap` (60s), got 59s"
         );
+        c.max_duration = Some(MAX_SESSION_DURATION + Duration::from_secs(1));
+        assert_eq!(
+            c.clone().build().unwrap_err().to_string(),
+            "topology `customer-journey`, correlation session: `max_duration` must be at most 100 years, got 3153600001s"
+        );
+        // Equal to the gap is allowed; sub-millisecond parts are dropped first.
+        c.max_duration = Some(Duration::from_micros(60_000_999));
+        assert!(c.clone().build().is_ok());
         c.max_duration = None;
         c.sources.clear();
         assert_eq!(
             c.build().unwrap_err().to_string(),
             "topology `customer-journey`, correlation session: 0 sources, expected 1 to 65536"
         );
+    }
+
+    // ---- write-behind and eviction ----
+
+    /// Drained key states, shared by a test and the operator's loader; stored as
+    /// postcard bytes like the runtime's store, and counting loads.
+    #[derive(Clone, Default)]
+    struct MapStore {
+        states: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+        loads: Arc<AtomicUsize>,
+    }
+
+    impl KeyLoader for MapStore {
+        fn load(&mut self, key: &str) -> Option<KeyState> {
+            self.loads.fetch_add(1, Ordering::Relaxed);
+            let states = self.states.lock().unwrap();
+            states
+                .get(key)
+                .map(|bytes| postcard::from_bytes(bytes).unwrap())
+        }
+    }
+
+    impl MapStore {
+        fn attached_to(op: &mut SessionOperator) -> MapStore {
+            let store = MapStore::default();
+            op.set_loader(Box::new(store.clone()));
+            store
+        }
+
+        /// Drains `op`'s changes into the store at `epoch`; returns the reported keys
+        /// (sorted) and whether each still has state. Fails on a key reported twice.
+        fn drain(&self, op: &mut SessionOperator, epoch: u64) -> Vec<(String, bool)> {
+            let mut reported = Vec::new();
+            let mut states = self.states.lock().unwrap();
+            op.drain_changes(epoch, |key, state| {
+                reported.push((key.to_string(), state.is_some()));
+                match state {
+                    Some(s) => states.insert(key.into(), postcard::to_allocvec(s).unwrap()),
+                    None => states.remove(key),
+                };
+            });
+            reported.sort();
+            let mut keys: Vec<&String> = reported.iter().map(|(k, _)| k).collect();
+            keys.dedup();
+            assert_eq!(
+                keys.len(),
+                reported.len(),
+                "a key reported twice: {reported:?}"
+            );
+            reported
+        }
+
+        fn loads(&self) -> usize {
+            self.loads.load(Ordering::Relaxed)
+        }
+
+        fn keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self.states.lock().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    }
+
+    fn reported(keys: &[(&str, bool)]) -> Vec<(String, bool)> {
+        keys.iter().map(|(k, s)| (k.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn drain_changes_reports_exactly_the_changed_keys() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        for (o, key, t) in [(0, "a", 100), (1, "b", 100), (2, "c", 130), (3, "a", 105)] {
+            op.on_event(ev(0, o, key, t, Some(&o.to_string())), i64::MIN, &mut out);
+        }
+        assert_eq!(
+            store.drain(&mut op, 1),
+            reported(&[("a", true), ("b", true), ("c", true)])
+        );
+        assert_eq!(store.drain(&mut op, 2), vec![]);
+        // A duplicate changes nothing.
+        op.on_event(ev(0, 4, "a", 101, Some("0")), 100, &mut out);
+        op.on_watermark(116, &mut out);
+        assert_eq!(journeys(&out).len(), 2);
+        // Closing a and b changed them; c did not change.
+        assert_eq!(
+            store.drain(&mut op, 3),
+            reported(&[("a", true), ("b", true)])
+        );
+        // Nor does a late event.
+        op.on_event(ev(0, 5, "b", 50, None), 116, &mut out);
+        assert_eq!(lates(&out).len(), 1);
+        assert_eq!(store.drain(&mut op, 4), vec![]);
+        // a and b are forgotten (gone), c emitted (changed); d appears and vanishes
+        // between two drains: the store never had it.
+        op.on_event(ev(0, 6, "d", 140, None), 116, &mut out);
+        op.on_watermark(141, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        assert_eq!(
+            store.drain(&mut op, 5),
+            reported(&[("a", false), ("b", false), ("c", false)])
+        );
+        assert!(store.keys().is_empty());
+        assert_eq!(store.drain(&mut op, 6), vec![]);
+        assert_eq!(store.loads(), 0);
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn a_key_gone_and_back_between_drains_is_reported_with_its_new_state() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        store.drain(&mut op, 1);
+        // Emitted after 110, forgotten after 120, then a new session.
+        op.on_watermark(121, &mut out);
+        op.on_event(ev(0, 1, "k", 200, None), 121, &mut out);
+        assert_eq!(store.drain(&mut op, 2), reported(&[("k", true)]));
+        let stored: KeyState = postcard::from_bytes(&store.states.lock().unwrap()["k"]).unwrap();
+        assert_eq!(&stored, op.key_state("k").unwrap());
+        assert_eq!(stored.open[0].first, 200);
+    }
+
+    #[test]
+    fn evict_never_takes_a_dirty_or_uncommitted_key() {
+        let mut op = op(10, 0);
+        let mut out = Vec::new();
+        for (o, key) in [(0, "a"), (1, "b"), (2, "c")] {
+            op.on_event(ev(0, o, key, 100, None), i64::MIN, &mut out);
+        }
+        // Without a loader nothing is evicted.
+        assert_eq!(op.evict(0, u64::MAX), 0);
+        let store = MapStore::attached_to(&mut op);
+        assert_eq!(op.evict(0, u64::MAX), 0, "all dirty");
+        store.drain(&mut op, 1);
+        op.on_event(ev(0, 3, "a", 105, None), i64::MIN, &mut out);
+        assert_eq!(op.evict(0, 0), 0, "drained at 1, committed 0");
+        assert_eq!(op.evict(0, 1), 2, "b and c; a is dirty");
+        assert_eq!(op.key_state("b"), None);
+        assert!(op.key_state("a").is_some());
+        assert_eq!((op.cached_keys(), op.keys_with_state()), (1, 3));
+        assert_eq!(store.drain(&mut op, 2), reported(&[("a", true)]));
+        assert_eq!(op.evict(0, 1), 0, "a drained at 2");
+        assert_eq!(op.evict(0, 2), 1);
+        assert_eq!((op.cached_keys(), op.keys_with_state()), (0, 3));
+        assert_eq!(store.loads(), 0);
+    }
+
+    #[test]
+    fn evict_takes_the_least_recently_drained_first_and_stops_at_max_cached() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "x", 100, None), i64::MIN, &mut out);
+        store.drain(&mut op, 1);
+        op.on_event(ev(0, 1, "y", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 2, "z", 100, None), i64::MIN, &mut out);
+        store.drain(&mut op, 2);
+        // Drained again at 3, so x is now the most recent.
+        op.on_event(ev(0, 3, "x", 101, None), i64::MIN, &mut out);
+        store.drain(&mut op, 3);
+        assert_eq!(op.evict(3, 3), 0);
+        assert_eq!(op.evict(1, 3), 2);
+        assert!(op.key_state("x").is_some());
+        assert_eq!(op.key_state("y").or(op.key_state("z")), None);
+    }
+
+    #[test]
+    fn restored_keys_are_clean_and_evictable_at_any_committed_epoch() {
+        let mut a = op(10, 0);
+        let mut out = Vec::new();
+        a.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        let state = a.key_state("k").unwrap().clone();
+        let mut b = op(10, 0);
+        let store = MapStore::attached_to(&mut b);
+        store
+            .states
+            .lock()
+            .unwrap()
+            .insert("k".into(), postcard::to_allocvec(&state).unwrap());
+        b.restore_key("k", state);
+        assert_eq!(b.evict(0, 0), 1);
+        assert_eq!(store.drain(&mut b, 1), vec![]);
+        b.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!((js.len(), offsets(js[0])), (1, vec![0]));
+        assert_eq!(store.loads(), 1);
+        assert_eq!(store.drain(&mut b, 2), reported(&[("k", false)]));
+        assert_empty(&b);
+    }
+
+    #[test]
+    fn restoring_an_evicted_key_replaces_its_state_and_timers() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        let old = op.key_state("k").unwrap().clone();
+        op.on_event(ev(0, 1, "k", 200, None), i64::MIN, &mut out);
+        store.drain(&mut op, 1);
+        assert_eq!(op.evict(0, 1), 1);
+        op.restore_key("k", old);
+        assert_eq!(
+            (op.open_windows(), op.cached_keys(), op.keys_with_state()),
+            (1, 1, 1)
+        );
+        op.on_watermark(i64::MAX, &mut out);
+        assert_eq!(windows(&out), vec![(100, 110, vec![0])]);
+        assert_eq!(store.loads(), 0);
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn a_timer_of_an_evicted_key_emits_the_same_journey() {
+        let feed = |op: &mut SessionOperator, out: &mut Vec<Output>| {
+            op.on_event(ev(0, 0, "k", 100, Some("a")), i64::MIN, out);
+            op.on_event(ev(1, 1, "k", 104, None), i64::MIN, out);
+            op.on_event(ev(2, 2, "j", 150, None), i64::MIN, out);
+        };
+        let mut plain = op(10, 0);
+        let mut want = Vec::new();
+        feed(&mut plain, &mut want);
+        plain.on_watermark(115, &mut want);
+        plain.on_event(ev(0, 3, "k", 100, Some("a")), 115, &mut want);
+        plain.on_watermark(i64::MAX, &mut want);
+
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut got = Vec::new();
+        feed(&mut op, &mut got);
+        store.drain(&mut op, 1);
+        assert_eq!(op.evict(0, 1), 2);
+        assert_eq!(op.open_windows(), 2, "timers stay in memory");
+        // The close timer of k reads it back; j stays evicted.
+        op.on_watermark(115, &mut got);
+        assert_eq!((store.loads(), op.cached_keys()), (1, 1));
+        store.drain(&mut op, 2);
+        assert_eq!(op.evict(0, 2), 1);
+        // The duplicate is recognised from the stored fingerprints.
+        op.on_event(ev(0, 3, "k", 100, Some("a")), 115, &mut got);
+        op.on_watermark(i64::MAX, &mut got);
+        assert_eq!(got, want);
+        assert_eq!(journeys(&got).len(), 2);
+        assert!(matches!(got[1], Output::Duplicate { offset: 3, .. }));
+        assert_empty(&op);
+        store.drain(&mut op, 3);
+        assert!(store.keys().is_empty());
+    }
+
+    #[test]
+    fn new_keys_never_call_the_loader() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "old", 100, None), i64::MIN, &mut out);
+        store.drain(&mut op, 1);
+        assert_eq!(op.evict(0, 1), 1);
+        for o in 1..50 {
+            op.on_event(ev(0, o, &format!("new{o}"), 100, None), i64::MIN, &mut out);
+        }
+        assert_eq!(store.loads(), 0);
+        op.on_event(ev(0, 50, "old", 101, None), i64::MIN, &mut out);
+        assert_eq!(store.loads(), 1);
+        assert_eq!(op.keys_with_state(), 50);
+    }
+
+    #[test]
+    fn a_missing_stored_state_means_no_state_and_drops_the_timers() {
+        let mut op = op(10, 0);
+        let store = MapStore::attached_to(&mut op);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "j", 100, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 2, "j", 200, None), i64::MIN, &mut out);
+        store.drain(&mut op, 1);
+        assert_eq!(op.evict(0, 1), 2);
+        store.states.lock().unwrap().clear();
+        // j's event finds nothing stored: j starts afresh, its old timers are gone.
+        op.on_event(ev(0, 3, "j", 150, None), i64::MIN, &mut out);
+        assert_eq!((op.open_windows(), op.keys_with_state()), (2, 2));
+        // k's close timer finds nothing: no journey, no panic.
+        op.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!(js.len(), 1);
+        assert_eq!(
+            ((*js[0].key).to_owned(), offsets(js[0])),
+            ("j".into(), vec![3])
+        );
+        assert_empty(&op);
+    }
+
+    // ---- max_duration ----
+
+    fn op_max(gap_ms: u64, grace_ms: u64, max_ms: u64) -> SessionOperator {
+        let mut c = config(gap_ms, grace_ms);
+        c.max_duration = Some(Duration::from_millis(max_ms));
+        c.build().unwrap()
+    }
+
+    fn windows(out: &[Output]) -> Vec<(i64, i64, Vec<u64>)> {
+        journeys(out)
+            .iter()
+            .map(|j| (j.start, j.end, offsets(j)))
+            .collect()
+    }
+
+    #[test]
+    fn max_duration_splits_at_the_first_event_that_would_not_fit() {
+        let mut op = op_max(10, 0, 30);
+        let mut out = Vec::new();
+        for (o, t) in [(0, 0), (1, 8), (2, 16), (3, 24), (4, 30), (5, 38)] {
+            op.on_event(ev(0, o, "k", t, None), i64::MIN, &mut out);
+        }
+        // [0, 24] cannot take 30 (30 − 0 ≥ 30): it can be joined up to 29 only, so it
+        // closes once the watermark is past 29, before its gap runs out (34).
+        op.on_watermark(29, &mut out);
+        assert!(out.is_empty());
+        op.on_watermark(30, &mut out);
+        assert_eq!(windows(&out), vec![(0, 30, vec![0, 1, 2, 3])]);
+        op.on_watermark(i64::MAX, &mut out);
+        assert_eq!(
+            windows(&out),
+            vec![(0, 30, vec![0, 1, 2, 3]), (30, 48, vec![4, 5])]
+        );
+        assert_empty(&op);
+    }
+
+    #[test]
+    fn max_duration_bridges_only_when_the_merged_session_fits() {
+        for (max, want) in [
+            (30, vec![(0, 30, vec![0, 2, 1])]),
+            (20, vec![(0, 20, vec![0, 2]), (20, 30, vec![1])]),
+        ] {
+            let mut op = op_max(10, 0, max);
+            let mut out = Vec::new();
+            op.on_event(ev(0, 0, "k", 0, None), i64::MIN, &mut out);
+            op.on_event(ev(0, 1, "k", 20, None), i64::MIN, &mut out);
+            op.on_event(ev(0, 2, "k", 10, None), i64::MIN, &mut out);
+            op.on_watermark(i64::MAX, &mut out);
+            assert_eq!(windows(&out), want, "max_duration {max}");
+        }
+    }
+
+    #[test]
+    fn max_duration_late_reports_name_only_a_journey_the_event_would_fit() {
+        let mut op = op_max(10, 0, 20);
+        let mut out = Vec::new();
+        op.on_event(ev(0, 0, "k", 0, None), i64::MIN, &mut out);
+        op.on_event(ev(0, 1, "k", 10, None), i64::MIN, &mut out);
+        op.on_watermark(20, &mut out);
+        let id = journeys(&out)[0].id;
+        assert_eq!(windows(&out), vec![(0, 20, vec![0, 1])]);
+        out.clear();
+        op.on_event(ev(0, 2, "k", 19, None), 20, &mut out);
+        let l = lates(&out);
+        assert_eq!(
+            (l.len(), l[0].would_join, l[0].lateness_ms),
+            (1, Some(id), 1)
+        );
+        out.clear();
+        // 20 touches [0, 10] but would make it span 20: it starts the next session.
+        op.on_event(ev(0, 3, "k", 20, None), 20, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        assert_eq!(windows(&out), vec![(20, 30, vec![3])]);
+    }
+
+    #[test]
+    fn an_endless_session_is_cut_into_max_duration_journeys() {
+        let (gap, max) = (10, 100);
+        let mut op = op_max(gap, 0, max);
+        let mut out = Vec::new();
+        let mut wm = i64::MIN;
+        for o in 0..200u64 {
+            let t = (o * gap / 2) as i64;
+            op.on_event(ev((o % 3) as u16, o, "k", t, None), wm, &mut out);
+            wm = t;
+        }
+        op.on_watermark(i64::MAX, &mut out);
+        let js = journeys(&out);
+        assert_eq!(js.len(), 10);
+        for (n, j) in js.iter().enumerate() {
+            let start = n as i64 * 100;
+            assert_eq!((j.start, j.end, j.events.len()), (start, start + 100, 20));
+            assert_eq!(j.id, JourneyId::new(TOPOLOGY, "k", start));
+        }
+        let ids: BTreeSet<JourneyId> = js.iter().map(|j| j.id).collect();
+        assert_eq!(ids.len(), 10);
+        assert_empty(&op);
     }
 
     // ---- reference model and property tests ----
@@ -1008,6 +1735,16 @@ mod tests {
     /// Feeds events in arrival order; the watermark after each event is the largest
     /// time seen minus `bound`; then end of input.
     fn run(op: &mut SessionOperator, arrivals: &[Event], bound: i64) -> Run {
+        run_with(op, arrivals, bound, |_| {})
+    }
+
+    /// [`run`], calling `between` after every operator call.
+    fn run_with(
+        op: &mut SessionOperator,
+        arrivals: &[Event],
+        bound: i64,
+        mut between: impl FnMut(&mut SessionOperator),
+    ) -> Run {
         let mut outputs = Vec::new();
         let mut calls = Vec::new();
         let mut wm = i64::MIN;
@@ -1025,14 +1762,17 @@ mod tests {
             let mut out = Vec::new();
             op.on_event(e.clone(), wm, &mut out);
             collect(out, &mut outputs);
+            between(op);
             wm = max_seen - bound;
             let mut out = Vec::new();
             op.on_watermark(wm, &mut out);
             collect(out, &mut outputs);
+            between(op);
         }
         let mut out = Vec::new();
         op.on_watermark(i64::MAX, &mut out);
         collect(out, &mut outputs);
+        between(op);
         Run {
             outputs,
             max_behind,
@@ -1226,24 +1966,101 @@ mod tests {
             }
             assert_empty(&op);
         }
-    }
-}
 
-// TEMP SHIM
-pub trait KeyLoader: Send {
-    fn load(&mut self, key: &str) -> Option<KeyState>;
-}
-impl SessionOperator {
-    pub fn set_loader(&mut self, _loader: Box<dyn KeyLoader>) {}
-    pub fn drain_changes(&mut self, _epoch: u64, mut f: impl FnMut(&str, Option<&KeyState>)) {
-        for (k, s) in &self.keys {
-            f(k, Some(s));
+        #[test]
+        fn write_behind_and_eviction_change_no_output(
+            gens in prop::collection::vec(gen_event(), 0..60),
+            gap in 1i64..40,
+            grace in 0i64..20,
+            bound in 0i64..30,
+            retention in 0i64..400,
+            extra in prop::option::of(0i64..120),
+            with_late in any::<bool>(),
+            every in 1usize..50,
+            max_cached in 0usize..5,
+        ) {
+            let arrivals = arrivals(&gens, bound, with_late);
+            let make = || {
+                let mut c = config(gap as u64, grace as u64);
+                c.retention = Some(Duration::from_millis(retention as u64));
+                c.max_duration = extra.map(|m| Duration::from_millis((gap + m) as u64));
+                c.build().unwrap()
+            };
+            let plain = run(&mut make(), &arrivals, bound);
+            let mut op = make();
+            let store = MapStore::attached_to(&mut op);
+            let (mut calls, mut epoch) = (0, 0);
+            let cached = run_with(&mut op, &arrivals, bound, |op| {
+                calls += 1;
+                if calls % every == 0 {
+                    epoch += 1;
+                    store.drain(op, epoch);
+                    op.evict(max_cached, epoch);
+                    // Everything was just drained and committed: all of it may go.
+                    assert!(op.cached_keys() <= max_cached);
+                }
+            });
+            prop_assert_eq!(&cached.outputs, &plain.outputs);
+            assert_empty(&op);
+            store.drain(&mut op, epoch + 1);
+            prop_assert!(store.keys().is_empty());
         }
-    }
-    pub fn evict(&mut self, _max: usize, _c: u64) -> usize {
-        0
-    }
-    pub fn cached_keys(&self) -> usize {
-        self.keys.len()
+
+        #[test]
+        fn max_duration_journeys_are_sessions_shorter_than_it(
+            gens in prop::collection::vec(gen_event(), 0..60),
+            gap in 1i64..40,
+            grace in 0i64..20,
+            bound in 0i64..30,
+            extra in 0i64..120,
+            with_late in any::<bool>(),
+        ) {
+            let max = gap + extra;
+            let arrivals = arrivals(&gens, bound, with_late);
+            let mut op = op_max(gap as u64, grace as u64, max as u64);
+            let got = run(&mut op, &arrivals, bound);
+            check_accounting(&arrivals, &got.outputs);
+            for j in journeys(&got.outputs) {
+                let times: Vec<i64> = j.events.iter().map(|e| e.time).collect();
+                prop_assert!(times.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= gap));
+                let (first, last) = (times[0], times[times.len() - 1]);
+                prop_assert!(last - first < max, "{first}..{last} spans {max} or more");
+                prop_assert_eq!((j.start, j.end), (first, (last + gap).min(first + max)));
+                prop_assert_eq!(j.id, JourneyId::new(TOPOLOGY, &j.key, j.start));
+            }
+            // Emission order: close deadline (a split session's is 1 ms before its
+            // end, see the module doc), key, start.
+            for call in &got.calls {
+                let order: Vec<(i64, &str, i64)> = call
+                    .iter()
+                    .map(|j| (j.end - i64::from(j.end == j.start + max), &*j.key, j.start))
+                    .collect();
+                prop_assert!(order.is_sorted(), "emission order {:?}", order);
+            }
+            if !with_late {
+                prop_assert!(lates(&got.outputs).is_empty());
+                let ids: BTreeSet<JourneyId> =
+                    journeys(&got.outputs).iter().map(|j| j.id).collect();
+                prop_assert_eq!(ids.len(), journeys(&got.outputs).len());
+            }
+            assert_empty(&op);
+            // The same input sequence gives the same output.
+            let again = run(&mut op_max(gap as u64, grace as u64, max as u64), &arrivals, bound);
+            prop_assert_eq!(&again.outputs, &got.outputs);
+        }
+
+        #[test]
+        fn a_max_duration_never_reached_changes_nothing(
+            gens in prop::collection::vec(gen_event(), 0..60),
+            gap in 1i64..40,
+            grace in 0i64..20,
+            bound in 0i64..30,
+        ) {
+            // Event times are below 400, so no session can span 1000.
+            let arrivals = arrivals(&gens, bound, true);
+            let plain = run(&mut op(gap as u64, grace as u64), &arrivals, bound);
+            let capped = run(&mut op_max(gap as u64, grace as u64, 1000), &arrivals, bound);
+            prop_assert_eq!(&capped.outputs, &plain.outputs);
+        }
     }
 }
