@@ -73,7 +73,7 @@ pub enum JobError {
     Outbox {
         job: String,
         #[source]
-        source: OutboxError,
+        source: Box<OutboxError>,
     },
     #[error(
         "job {job}: correlation kind `{kind}` is not available yet in this version (available: session)"
@@ -131,9 +131,11 @@ pub struct Summary {
     pub resumed: bool,
     /// Output records a previous run had committed but not published, published now.
     pub republished: u64,
-    /// Largest RocksDB estimate of stored key states seen at a checkpoint.
+    /// Most key states stored by a checkpoint (exact: keys with open windows, remembered
+    /// journeys or live dedup ids).
     pub state_keys_peak: u64,
-    /// Largest RocksDB estimate of live data (bytes) seen at a checkpoint.
+    /// Largest RocksDB size estimate seen at a checkpoint: live SST data plus memtables
+    /// (which hold deleted entries until flushed, so this over-estimates).
     pub state_bytes_peak: u64,
     /// Most windows open at once (per checkpoint interval, the sum of each shard's peak).
     pub open_windows_peak: u64,
@@ -186,6 +188,8 @@ enum Part {
         duplicates: u64,
         /// Most windows open at once since the previous barrier.
         open_windows_peak: usize,
+        /// Keys with state once this part is committed (= key states stored).
+        keys: usize,
     },
     Source {
         positions: Vec<(String, u32, u64)>,
@@ -221,7 +225,7 @@ pub fn run(
     };
     let outbox_err = |source| JobError::Outbox {
         job: job.clone(),
-        source,
+        source: Box::new(source),
     };
     if let Broker::Fluvio { .. } = plan.broker {
         return Err(JobError::UnsupportedBroker {
@@ -375,7 +379,7 @@ pub fn run(
     let committed = committer.join();
     let source = source.map_err(|e| match e {
         SourceError::Log(e) => log_err(e),
-        SourceError::Job(e) => e,
+        SourceError::Job(e) => *e,
     })?;
     if let Some(e) = shard_error {
         return Err(e);
@@ -419,7 +423,7 @@ struct Input {
 
 enum SourceError {
     Log(LogError),
-    Job(JobError),
+    Job(Box<JobError>),
 }
 
 impl From<LogError> for SourceError {
@@ -490,10 +494,10 @@ impl SourceStage<'_> {
         let log = self.log;
         let bounded = self.bounded;
         let positions = store.positions().map_err(|source| {
-            SourceError::Job(JobError::State {
+            SourceError::Job(Box::new(JobError::State {
                 job: plan.name.clone(),
                 source,
-            })
+            }))
         })?;
         let mut decoders = Vec::new();
         let mut inputs = Vec::new();
@@ -524,14 +528,14 @@ impl SourceStage<'_> {
                     .unwrap_or(info.end_offset);
                 let start = match positions.get(&key) {
                     Some(&at) if at > info.end_offset => {
-                        return Err(SourceError::Job(JobError::PositionBeyondEnd {
+                        return Err(SourceError::Job(Box::new(JobError::PositionBeyondEnd {
                             job: plan.name.clone(),
                             state: plan.state.clone(),
                             topic: src.topic.clone(),
                             partition: p,
                             position: at,
                             end: info.end_offset,
-                        }));
+                        })));
                     }
                     Some(&at) => at,
                     None => match self.from.and_then(|f| f.get(&key)) {
@@ -848,6 +852,7 @@ impl Shard {
                             deletes,
                             duplicates: std::mem::take(&mut duplicates),
                             open_windows_peak: std::mem::take(&mut open_windows_peak),
+                            keys: op.keys_with_state(),
                         };
                         if !records.is_empty() {
                             let records = std::mem::take(&mut records);
@@ -930,6 +935,8 @@ struct Gathering {
     watermarks: Option<WatermarkSnapshot>,
     /// Sum over shards of their peak open windows.
     open_windows: u64,
+    /// Key states stored once committed.
+    keys: u64,
 }
 
 /// Gathers every stage's part of each checkpoint, commits it as one batch, then publishes
@@ -963,7 +970,9 @@ fn committer_stage(
                         deletes,
                         duplicates,
                         open_windows_peak,
+                        keys,
                     } => {
+                        g.keys += keys as u64;
                         g.upserts.extend(upserts);
                         g.deletes.extend(deletes);
                         g.open_windows += open_windows_peak as u64;
@@ -985,6 +994,7 @@ fn committer_stage(
         };
         let g = gathering.remove(&epoch).expect("gathered above");
         counts.open_windows_peak = counts.open_windows_peak.max(g.open_windows);
+        counts.state_keys_peak = counts.state_keys_peak.max(g.keys);
         // Dead letters first, then shard by shard: a fixed order for a fixed shard count.
         let mut records = g.records;
         let mut entries = Vec::new();
@@ -1025,8 +1035,9 @@ fn committer_stage(
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
         let stats = store.stats();
-        counts.state_keys_peak = counts.state_keys_peak.max(stats.keys);
-        counts.state_bytes_peak = counts.state_bytes_peak.max(stats.live_data_bytes);
+        counts.state_bytes_peak = counts
+            .state_bytes_peak
+            .max(stats.live_data_bytes + stats.memtable_bytes);
         outbox.publish(store, &entries)?;
     }
     Ok(counts)

@@ -175,8 +175,11 @@ pub struct CommitStats {
 /// Size estimates of a store (RocksDB properties; approximate by nature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StateStats {
-    /// `rocksdb.estimate-live-data-size` summed over the column families.
+    /// `rocksdb.estimate-live-data-size` summed over the column families (SST files).
     pub live_data_bytes: u64,
+    /// `rocksdb.cur-size-all-mem-tables` summed over the column families: data not yet
+    /// flushed to SST files, deleted entries included until then.
+    pub memtable_bytes: u64,
     /// `rocksdb.estimate-num-keys` of the `keys` column family.
     pub keys: u64,
     /// `rocksdb.estimate-num-keys` of the `outbox` column family.
@@ -492,6 +495,10 @@ impl StateStore {
             live_data_bytes: ALL_CFS
                 .iter()
                 .map(|cf| prop(cf, "rocksdb.estimate-live-data-size"))
+                .sum(),
+            memtable_bytes: ALL_CFS
+                .iter()
+                .map(|cf| prop(cf, "rocksdb.cur-size-all-mem-tables"))
                 .sum(),
             keys: prop(CF_KEYS, "rocksdb.estimate-num-keys"),
             outbox: prop(CF_OUTBOX, "rocksdb.estimate-num-keys"),

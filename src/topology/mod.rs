@@ -379,6 +379,15 @@ max_records = 10000
             problems(&with("gap = \"30m\"", "gap = \"0s\"")),
             ["t.toml:15:7: correlate.gap: must be greater than 0s"]
         );
+        assert_eq!(
+            problems(&with(
+                "gap = \"30m\"",
+                "gap = \"30m\"\nmax_duration = \"10m\""
+            )),
+            [
+                "t.toml:16:16: correlate.max_duration: must be at least the gap (30m): a session could never last one gap (hint: raise max_duration or lower gap; is a unit wrong?)"
+            ]
+        );
     }
 
     #[test]

@@ -547,7 +547,24 @@ fn validate_correlate(
                 d,
             );
             let max_duration = match &c.max_duration {
-                Some(m) => Some(positive(m, "correlate.max_duration", d)?),
+                Some(m) => {
+                    let max = positive(m, "correlate.max_duration", d)?;
+                    if let Some(gap) = gap
+                        && max < gap
+                    {
+                        d.report(
+                            m.span(),
+                            "correlate.max_duration",
+                            format!(
+                                "must be at least the gap ({}): a session could never last one gap",
+                                super::duration::format(gap)
+                            ),
+                            Some("raise max_duration or lower gap; is a unit wrong?".to_owned()),
+                        );
+                        return None;
+                    }
+                    Some(max)
+                }
                 None => None,
             };
             Some(Correlation::Session {
