@@ -154,6 +154,10 @@ pub struct Journey {
     pub topics: Topics,
     /// Whether `to_json` embeds each event's payload.
     pub include_payload: bool,
+    /// Closed by the end of a bounded run or replay (watermark +infinity), not by the
+    /// watermark of the data: rendered as `"cut_by_replay_boundary":true`, absent
+    /// otherwise.
+    pub cut_by_boundary: bool,
 }
 
 impl Journey {
@@ -219,7 +223,11 @@ impl Journey {
             push_json_str(&mut out, topic);
             let _ = write!(out, ":{n}");
         }
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
+        if self.cut_by_boundary {
+            out.extend_from_slice(b",\"cut_by_replay_boundary\":true");
+        }
+        out.push(b'}');
         out
     }
 }

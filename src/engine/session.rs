@@ -642,6 +642,9 @@ impl SessionOperator {
             events: session.events,
             topics: self.topics.clone(),
             include_payload: self.include_payload,
+            // Only end of input closes anything at +infinity: every session the data's
+            // watermark made due was emitted by an earlier, finite watermark.
+            cut_by_boundary: self.watermark == i64::MAX,
         }));
     }
 
@@ -1143,8 +1146,9 @@ mod tests {
         b.payload = r#"{"customer_id":"c-1","total":9.5}"#.into();
         op.on_event(b, i64::MIN, &mut out);
         op.on_event(a, i64::MIN, &mut out);
-        op.on_watermark(i64::MAX, &mut out);
+        op.on_watermark(t0 + 7_200_000, &mut out);
         let j = journeys(&out)[0];
+        assert!(!j.cut_by_boundary, "closed by the data's watermark");
         let id = JourneyId::new(TOPOLOGY, "c-1", t0);
         assert_eq!(j.id, id);
         let expected = format!(
@@ -1165,6 +1169,18 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&without.to_json()).unwrap();
         assert_eq!(value["events"][0].get("payload"), None);
         assert_eq!(value["events"][1]["topic"], "order.placed");
+
+        // A session still open at the end of input is closed by it, and says so.
+        op.on_event(ev(0, 5, "c-2", t0 + 7_300_000, None), i64::MIN, &mut out);
+        out.clear();
+        op.on_watermark(i64::MAX, &mut out);
+        let cut = journeys(&out)[0];
+        assert!(cut.cut_by_boundary);
+        let text = String::from_utf8(cut.to_json()).unwrap();
+        assert!(
+            text.ends_with(r#""counts":{"page.viewed":1,"cart.updated":0,"order.placed":0},"cut_by_replay_boundary":true}"#),
+            "{text}"
+        );
     }
 
     #[test]
