@@ -38,6 +38,7 @@
 //!   its isolation from the live job (own state directory, own output topics).
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
 //!
 //! Every library error is a typed `thiserror` enum that names its context (file, topic,
@@ -49,6 +50,7 @@ pub mod decode;
 pub mod engine;
 pub mod job;
 pub mod log;
+pub mod metrics;
 pub mod outbox;
 pub mod replay;
 pub mod state;
