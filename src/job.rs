@@ -40,11 +40,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
-use crate::engine::session::{KeyLoader, KeyState};
-use crate::engine::{Operator, Output, SessionConfig, SessionOperator};
+use crate::engine::{Checkpointed, KeyLoader, Operator, Output, SessionConfig};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
@@ -777,8 +777,8 @@ struct StoreLoader {
     failed: Arc<Mutex<Option<StateError>>>,
 }
 
-impl KeyLoader for StoreLoader {
-    fn load(&mut self, key: &str) -> Option<KeyState> {
+impl<S: DeserializeOwned> KeyLoader<S> for StoreLoader {
+    fn load(&mut self, key: &str) -> Option<S> {
         match self.store.key(key) {
             Ok(state) => state,
             Err(e) => {
@@ -802,7 +802,11 @@ struct Shard {
 }
 
 impl Shard {
-    fn run(self, mut op: SessionOperator, rx: Receiver<Vec<ShardMsg>>) -> Result<(), StateError> {
+    fn run<O: Operator + Checkpointed>(
+        self,
+        mut op: O,
+        rx: Receiver<Vec<ShardMsg>>,
+    ) -> Result<(), StateError> {
         let failed = Arc::new(Mutex::new(None));
         op.set_loader(Box::new(StoreLoader {
             store: self.store.clone(),
@@ -811,7 +815,7 @@ impl Shard {
         // This shard's keys of the checkpoint; evicting as it goes keeps memory bounded
         // however large the stored state is.
         let (index, count) = (self.index, self.count as u32);
-        for item in self.store.keys::<KeyState, _>(move |key| {
+        for item in self.store.keys::<O::State, _>(move |key| {
             partition_for_key(key.as_bytes(), count) as usize == index
         }) {
             let (key, state) = item?;
@@ -837,7 +841,7 @@ impl Shard {
                         let mut upserts = Vec::new();
                         let mut deletes = Vec::new();
                         let mut encode_error = None;
-                        op.drain_changes(epoch, |key, state| match state {
+                        op.drain_changes(epoch, &mut |key, state| match state {
                             Some(s) => match encode("a key state", s) {
                                 Ok(bytes) => upserts.push((key.to_owned(), bytes)),
                                 Err(e) => encode_error = Some(e),

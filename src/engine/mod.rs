@@ -15,7 +15,12 @@
 //!   window start, so the same input gives the same ids in live runs and replays.
 //! - Rendered JSON embeds each event's payload verbatim (the decoder guarantees it is
 //!   one JSON object) and renders times as RFC 3339 UTC with milliseconds.
+//!
+//! Operators keep their per-key state in a [`cache::KeyCache`] over the state store and
+//! expose it to the runtime through [`Checkpointed`], so checkpointing, eviction and
+//! recovery are written once for every correlation kind.
 
+pub mod cache;
 pub mod session;
 
 use std::fmt;
@@ -28,6 +33,7 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use crate::decode::Event;
 
+pub use cache::KeyLoader;
 pub use session::{SessionConfig, SessionConfigError, SessionOperator};
 
 /// A correlation operator: one correlation kind of one topology.
@@ -42,6 +48,34 @@ pub trait Operator {
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Output>);
     /// Windows currently open (for metrics and `braid inspect`).
     fn open_windows(&self) -> usize;
+}
+
+/// How the runtime checkpoints an operator's per-key state (write-behind, see
+/// [`cache`]): changed keys are drained at each barrier into the checkpoint, clean keys
+/// of a committed checkpoint are evicted to bound memory, and evicted keys are read back
+/// through the installed [`KeyLoader`].
+pub trait Checkpointed {
+    /// One key's state, as persisted in the state store.
+    type State: Serialize + serde::de::DeserializeOwned + Send + 'static;
+    /// Installs the loader used for keys that are not cached. Without a loader nothing
+    /// is ever evicted and no load is attempted.
+    fn set_loader(&mut self, loader: Box<dyn KeyLoader<Self::State>>);
+    /// Loads a key's persisted state (replacing any it has) and rebuilds what the
+    /// operator derives from it (timers). The key is then clean and evictable at any
+    /// committed epoch.
+    fn restore_key(&mut self, key: &str, state: Self::State);
+    /// Calls `f(key, Some(&state))` for every key whose state changed since the
+    /// previous call and still has state, and `f(key, None)` for every such key whose
+    /// stored state is now gone; each once, in no particular order. Afterwards these
+    /// keys are clean and remembered as written at `epoch` (`epoch`s are increasing).
+    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&Self::State>));
+    /// Evicts clean keys last drained at an epoch `<= committed_epoch`, least recently
+    /// drained first, until at most `max_cached` are cached; returns how many went.
+    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize;
+    /// Keys whose state is in memory now.
+    fn cached_keys(&self) -> usize;
+    /// Keys that have any state, cached or evicted.
+    fn keys_with_state(&self) -> usize;
 }
 
 /// What an operator produces; the runtime later turns these into output-topic records.

@@ -26,7 +26,7 @@
 //!   session of the same key is a duplicate. It is checked before lateness.
 //! - Watermark work touches only due sessions: two ordered timer sets, never a scan
 //!   of the keys. Per-key state is a [`KeyState`] (serde) that a state store can
-//!   persist and [`SessionOperator::restore_key`] can load back.
+//!   persist and [`Checkpointed::restore_key`] can load back.
 //! - Emission order on one watermark: by (window end, key, window start) — with
 //!   `max_duration`, by (close deadline, key, window start), see below.
 //!
@@ -51,28 +51,19 @@
 //! `M < gap` is rejected: such a "session" could never last one gap, which is
 //! almost certainly a unit mistake in the topology.
 //!
-//! Write-behind state (the runtime persists keys at checkpoints and keeps a bounded
-//! cache in memory):
+//! Write-behind state: the per-key states live in a [`KeyCache`] (its module doc gives
+//! the guarantees: what a drain reports, which keys are evicted, when the loader is
+//! asked), and the runtime drives it through [`Checkpointed`]. What is particular to
+//! sessions:
 //! - Every mutation of a key's state (new or joined event, merge, emit, forget) marks
-//!   it dirty, once: a flag in its cache entry plus its name in a list, so the hot path
-//!   pays no extra hashing. Duplicates and late events change nothing and mark
-//!   nothing. [`SessionOperator::drain_changes`] reports each dirty key once, with its
-//!   state or `None` when it is gone; a key whose state appeared and vanished between
-//!   two drains is not reported, since the store never held it.
-//! - Only clean keys whose last drain epoch is `≤` the committed epoch are evicted, so
-//!   the stored copy is durable and equal to the cached one; least recently drained
-//!   first (a FIFO of drains; entries made stale by a later drain are skipped and
-//!   compacted away). Keys restored or read back from the store count as drained at
-//!   epoch 0 and at the latest drain epoch respectively.
-//! - Timers stay in memory for every key, cached or evicted. A key that is not cached
-//!   is looked up in the set of evicted keys before the loader is asked, so brand-new
-//!   keys never cost a store read. An event or a due timer of an evicted key reads it
-//!   back first. If the loader has nothing for an evicted key (a storage problem the
-//!   runtime reports itself), the key is treated as having no state and its timers
-//!   are dropped, so timers never point at missing state.
+//!   it dirty; duplicates and late events change nothing and mark nothing. A key whose
+//!   last session is forgotten leaves the cache (its stored copy is then deleted).
+//! - Timers stay in memory for every key, cached or evicted. An event or a due timer
+//!   of an evicted key reads it back first. If the loader has nothing for an evicted
+//!   key (a storage problem the runtime reports itself), the key is treated as having
+//!   no state and its timers are dropped, so timers never point at missing state.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::fmt;
+use std::collections::{BTreeSet, HashSet};
 use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +71,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use super::{Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics};
+use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
+use super::{Checkpointed, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics};
 use crate::decode::Event;
 
 /// Longest accepted `gap`, `grace`, `retention` or `max_duration`: 100 years. Event
@@ -202,15 +194,9 @@ impl SessionConfig {
             max_span,
             include_payload: self.include_payload,
             watermark: i64::MIN,
-            keys: HashMap::new(),
+            cache: KeyCache::new(),
             closes: BTreeSet::new(),
             expiries: BTreeSet::new(),
-            evicted: HashSet::new(),
-            dirty: Vec::new(),
-            removed: HashSet::new(),
-            drain_order: VecDeque::new(),
-            last_drain: 0,
-            loader: Loader(None),
         })
     }
 }
@@ -248,33 +234,12 @@ pub struct KeyState {
     pub seen: HashSet<u128>,
 }
 
-/// Reads back the committed state of an evicted key. Implemented by the runtime over
-/// RocksDB; tests implement it over a HashMap. Returning None means "no stored state".
-pub trait KeyLoader: Send {
-    fn load(&mut self, key: &str) -> Option<KeyState>;
-}
-
-/// The installed loader; a newtype only so the operator can stay `Debug`.
-struct Loader(Option<Box<dyn KeyLoader>>);
-
-impl fmt::Debug for Loader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Loader" } else { "None" })
+impl CacheState for KeyState {
+    /// A key with neither open nor remembered sessions has no state (`seen` is then
+    /// empty too, by the invariant).
+    fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.emitted.is_empty()
     }
-}
-
-/// A key's state in memory and its write-behind bookkeeping.
-#[derive(Debug)]
-struct Cached {
-    state: KeyState,
-    /// Changed since the last drain; the key is then in `SessionOperator::dirty`.
-    dirty: bool,
-    /// The store holds a state for this key (drained, restored or read back), so its
-    /// disappearance must be reported as a delete.
-    stored: bool,
-    /// Epoch of the drain that last wrote it (see the module doc for restored and
-    /// read-back keys); matches at most one `drain_order` entry, the live one.
-    drained: u64,
 }
 
 /// A timer: (deadline, key, session first time). Ordered by deadline first, which
@@ -294,24 +259,12 @@ pub struct SessionOperator {
     include_payload: bool,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
-    /// The cached keys.
-    keys: HashMap<Arc<str>, Cached>,
+    /// The keys' states, cached over the store.
+    cache: KeyCache<KeyState>,
     /// One per open session: (close deadline, key, first).
     closes: BTreeSet<Timer>,
     /// One per remembered emitted session: (forget_after, key, first).
     expiries: BTreeSet<Timer>,
-    /// Keys with state in the store only; disjoint from `keys`.
-    evicted: HashSet<Arc<str>>,
-    /// Keys marked dirty since the last drain, each once; an entry whose key has since
-    /// gone or been restored clean is skipped.
-    dirty: Vec<Arc<str>>,
-    /// Keys whose stored state vanished since the last drain (to report as `None`).
-    removed: HashSet<Arc<str>>,
-    /// (drain epoch, key) in drain order, the eviction order; stale entries allowed.
-    drain_order: VecDeque<(u64, Arc<str>)>,
-    /// Highest epoch drained so far.
-    last_drain: u64,
-    loader: Loader,
 }
 
 /// Whether the watermark is past a deadline (see the module doc for why strictly).
@@ -326,14 +279,6 @@ fn fingerprint(source: u16, id: &str) -> u128 {
     h.write(&source.to_le_bytes());
     h.write(id.as_bytes());
     h.finish128().as_u128()
-}
-
-/// Marks a cached key dirty, listing it the first time since the last drain.
-fn mark_dirty(cached: &mut Cached, dirty: &mut Vec<Arc<str>>, key: &Arc<str>) {
-    if !cached.dirty {
-        cached.dirty = true;
-        dirty.push(key.clone());
-    }
 }
 
 /// The close deadline of a session: the last event time that can still join it,
@@ -381,16 +326,6 @@ impl SessionOperator {
         self.watermark
     }
 
-    /// Keys that have any state (open or remembered sessions), cached or evicted.
-    pub fn keys_with_state(&self) -> usize {
-        self.keys.len() + self.evicted.len()
-    }
-
-    /// Keys whose state is in memory now.
-    pub fn cached_keys(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Emitted sessions still remembered for late arrivals and duplicates.
     pub fn remembered_sessions(&self) -> usize {
         self.expiries.len()
@@ -398,164 +333,7 @@ impl SessionOperator {
 
     /// The state of one key if it is cached (None for an evicted key).
     pub fn key_state(&self, key: &str) -> Option<&KeyState> {
-        self.keys.get(key).map(|c| &c.state)
-    }
-
-    /// Installs the loader used for keys that are not cached. Without a loader nothing
-    /// is ever evicted (`evict` is a no-op) and no load is attempted.
-    pub fn set_loader(&mut self, loader: Box<dyn KeyLoader>) {
-        self.loader = Loader(Some(loader));
-    }
-
-    /// Loads a key's persisted state (replacing any it has) and rebuilds its timers.
-    /// The key is then clean and counts as drained at epoch 0: evictable at any
-    /// committed epoch.
-    pub fn restore_key(&mut self, key: &str, state: KeyState) {
-        let key: Arc<str> = if let Some((key, old)) = self.keys.remove_entry(key) {
-            for s in &old.state.open {
-                self.closes
-                    .remove(&(self.close_at(s.first, s.last), key.clone(), s.first));
-            }
-            for s in &old.state.emitted {
-                self.expiries
-                    .remove(&(s.forget_after, key.clone(), s.first));
-            }
-            key
-        } else if let Some(key) = self.evicted.take(key) {
-            // Its old sessions are not in memory: find its timers the slow way (a
-            // restore over an evicted key is not a hot path).
-            self.drop_timers(&key);
-            key
-        } else {
-            Arc::from(key)
-        };
-        if !self.removed.is_empty() {
-            self.removed.remove(&key);
-        }
-        for s in &state.open {
-            self.closes
-                .insert((self.close_at(s.first, s.last), key.clone(), s.first));
-        }
-        for s in &state.emitted {
-            self.expiries.insert((s.forget_after, key.clone(), s.first));
-        }
-        if !state.open.is_empty() || !state.emitted.is_empty() {
-            self.drain_order.push_front((0, key.clone()));
-            self.keys.insert(
-                key,
-                Cached {
-                    state,
-                    dirty: false,
-                    stored: true,
-                    drained: 0,
-                },
-            );
-        }
-    }
-
-    /// Calls `f(key, Some(&state))` for every key whose state changed since the
-    /// previous call and still has state, and `f(key, None)` for every such key whose
-    /// state is now gone. Afterwards these keys are clean, and remembered as "written
-    /// at `epoch`" (`epoch`s are increasing). Each changed key is reported once, in no
-    /// particular order.
-    pub fn drain_changes(&mut self, epoch: u64, mut f: impl FnMut(&str, Option<&KeyState>)) {
-        self.last_drain = self.last_drain.max(epoch);
-        for key in self.dirty.drain(..) {
-            if let Some(c) = self.keys.get_mut(&key)
-                && c.dirty
-            {
-                c.dirty = false;
-                c.stored = true;
-                c.drained = epoch;
-                f(&key, Some(&c.state));
-                self.drain_order.push_back((epoch, key));
-            }
-        }
-        for key in self.removed.drain() {
-            // A key that came back was reported above with its new state.
-            if !self.keys.contains_key(&key) {
-                f(&key, None);
-            }
-        }
-        // Keep the eviction queue proportional to the cache: drop entries superseded by
-        // a later drain or whose key left the cache (amortised O(1) per entry).
-        if self.drain_order.len() > 2 * self.keys.len() + 64 {
-            let keys = &self.keys;
-            self.drain_order
-                .retain(|(epoch, key)| keys.get(key).is_some_and(|c| c.drained == *epoch));
-        }
-    }
-
-    /// Evicts cached keys until at most `max_cached` remain, choosing only keys that
-    /// are clean and whose last drain epoch is `<= committed_epoch` (their stored state
-    /// is durable and current), least recently drained first. Returns how many were
-    /// evicted. A no-op without a loader.
-    pub fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
-        if self.loader.0.is_none() {
-            return 0;
-        }
-        let mut evicted = 0;
-        while self.keys.len() > max_cached {
-            let Some((epoch, _)) = self.drain_order.front() else {
-                break;
-            };
-            // Entries are in drain order, so nothing further is committed either.
-            if *epoch > committed_epoch {
-                break;
-            }
-            let Some((epoch, key)) = self.drain_order.pop_front() else {
-                break;
-            };
-            let current = self
-                .keys
-                .get(&key)
-                .is_some_and(|c| !c.dirty && c.drained == epoch);
-            if current {
-                self.keys.remove(&key);
-                self.evicted.insert(key);
-                evicted += 1;
-            }
-        }
-        evicted
-    }
-
-    /// Reads an evicted key back into the cache; returns its cached name, or None when
-    /// it has no state (never evicted, or the loader has nothing: then its timers are
-    /// dropped).
-    fn load(&mut self, key: &str) -> Option<Arc<str>> {
-        if self.evicted.is_empty() {
-            return None;
-        }
-        let key = self.evicted.take(key)?;
-        let state = self.loader.0.as_mut().and_then(|l| l.load(&key));
-        match state {
-            Some(state) if !state.open.is_empty() || !state.emitted.is_empty() => {
-                self.drain_order.push_back((self.last_drain, key.clone()));
-                self.keys.insert(
-                    key.clone(),
-                    Cached {
-                        state,
-                        dirty: false,
-                        stored: true,
-                        drained: self.last_drain,
-                    },
-                );
-                Some(key)
-            }
-            stored => {
-                if stored.is_some() {
-                    // An empty stored state is no state: have the store drop it.
-                    self.removed.insert(key.clone());
-                }
-                self.drop_timers(&key);
-                None
-            }
-        }
-    }
-
-    /// Whether `key` has state in memory, reading it back first if it was evicted.
-    fn ensure_cached(&mut self, key: &str) -> bool {
-        self.keys.contains_key(key) || self.load(key).is_some()
+        self.cache.cached(key)
     }
 
     /// Removes every timer of `key` (a scan: only for keys whose state is not there).
@@ -593,20 +371,45 @@ impl SessionOperator {
         }));
     }
 
+    /// The first event of a key without state (never seen, all of it dropped, or lost
+    /// by the store): starts its first session unless that is already due.
+    fn start_key(
+        &mut self,
+        event: Event,
+        fp: Option<u128>,
+        own_deadline: i64,
+        out: &mut Vec<Output>,
+    ) {
+        if passed(own_deadline, self.watermark) {
+            return self.late(event, own_deadline, None, out);
+        }
+        let t = event.time;
+        let (key, record) = RecordEvent::split(event);
+        let key: Arc<str> = Arc::from(key);
+        let mut state = KeyState::default();
+        state.seen.extend(fp);
+        state.open.push(OpenSession {
+            first: t,
+            last: t,
+            events: vec![record],
+        });
+        self.closes.insert((own_deadline, key.clone(), t));
+        self.cache.insert(key, state);
+    }
+
     /// Emits the open session of `key` starting at `first` (its close timer has just
     /// been taken) and starts remembering it.
     fn emit(&mut self, key: Arc<str>, first: i64, out: &mut Vec<Output>) {
-        if !self.ensure_cached(&key) {
-            return;
-        }
         let (gap, grace, max_span) = (self.gap, self.grace, self.max_span);
-        let Some(cached) = self.keys.get_mut(&key) else {
+        let mut entry = match self.cache.get_mut(&key) {
+            Lookup::Found(entry) => entry,
+            Lookup::Lost => return self.drop_timers(&key),
+            Lookup::New => return,
+        };
+        let Ok(i) = entry.state().open.binary_search_by_key(&first, |s| s.first) else {
             return;
         };
-        let state = &mut cached.state;
-        let Ok(i) = state.open.binary_search_by_key(&first, |s| s.first) else {
-            return;
-        };
+        let state = entry.state_mut();
         let mut session = state.open.remove(i);
         session.events.sort_unstable_by_key(RecordEvent::order_key);
         let id = JourneyId::new(&self.topology, &key, first);
@@ -632,7 +435,6 @@ impl SessionOperator {
                 fingerprints,
             },
         );
-        mark_dirty(cached, &mut self.dirty, &key);
         self.expiries.insert((forget_after, key.clone(), first));
         out.push(Output::Journey(Journey {
             id,
@@ -651,28 +453,80 @@ impl SessionOperator {
     /// Forgets the emitted session of `key` starting at `first` (its expiry timer has
     /// just been taken), and the key when nothing else is left of it.
     fn forget(&mut self, key: Arc<str>, first: i64) {
-        if !self.ensure_cached(&key) {
-            return;
-        }
-        let Some(cached) = self.keys.get_mut(&key) else {
+        let mut entry = match self.cache.get_mut(&key) {
+            Lookup::Found(entry) => entry,
+            Lookup::Lost => return self.drop_timers(&key),
+            Lookup::New => return,
+        };
+        let Ok(i) = entry
+            .state()
+            .emitted
+            .binary_search_by_key(&first, |s| s.first)
+        else {
             return;
         };
-        let state = &mut cached.state;
-        let Ok(i) = state.emitted.binary_search_by_key(&first, |s| s.first) else {
-            return;
-        };
+        let state = entry.state_mut();
         let session = state.emitted.remove(i);
         for fp in &session.fingerprints {
             state.seen.remove(fp);
         }
-        if state.open.is_empty() && state.emitted.is_empty() {
-            if cached.stored {
-                self.removed.insert(key.clone());
-            }
-            self.keys.remove(&key);
-        } else {
-            mark_dirty(cached, &mut self.dirty, &key);
+        if state.is_empty() {
+            self.cache.remove(&key);
         }
+    }
+}
+
+impl Checkpointed for SessionOperator {
+    type State = KeyState;
+
+    fn set_loader(&mut self, loader: Box<dyn KeyLoader<KeyState>>) {
+        self.cache.set_loader(loader);
+    }
+
+    fn restore_key(&mut self, key: &str, state: KeyState) {
+        let (key, replaced) = self.cache.restore(key, state);
+        match replaced {
+            Replaced::Cached(old) => {
+                for s in &old.open {
+                    self.closes
+                        .remove(&(self.close_at(s.first, s.last), key.clone(), s.first));
+                }
+                for s in &old.emitted {
+                    self.expiries
+                        .remove(&(s.forget_after, key.clone(), s.first));
+                }
+            }
+            // Its old sessions are not in memory: find its timers the slow way (a
+            // restore over an evicted key is not a hot path).
+            Replaced::Evicted => self.drop_timers(&key),
+            Replaced::Nothing => {}
+        }
+        let (gap, grace, max_span) = (self.gap, self.grace, self.max_span);
+        if let Some(state) = self.cache.cached(&key) {
+            for s in &state.open {
+                let deadline = close_deadline(gap, grace, max_span, s.first, s.last);
+                self.closes.insert((deadline, key.clone(), s.first));
+            }
+            for s in &state.emitted {
+                self.expiries.insert((s.forget_after, key.clone(), s.first));
+            }
+        }
+    }
+
+    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&KeyState>)) {
+        self.cache.drain(epoch, f);
+    }
+
+    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
+        self.cache.evict(max_cached, committed_epoch)
+    }
+
+    fn cached_keys(&self) -> usize {
+        self.cache.cached_len()
+    }
+
+    fn keys_with_state(&self) -> usize {
+        self.cache.len_with_evicted()
     }
 }
 
@@ -684,41 +538,15 @@ impl Operator for SessionOperator {
         let own_deadline = close_deadline(gap, grace, max_span, t, t);
         let fp = event.id.as_deref().map(|id| fingerprint(event.source, id));
 
-        let key = match self.keys.get_key_value(event.key.as_str()) {
-            Some((k, _)) => Some(k.clone()),
-            None => self.load(&event.key),
-        };
-        let Some(key) = key else {
-            // First event of a key (or of a key whose state was all dropped).
-            if passed(own_deadline, wm) {
-                return self.late(event, own_deadline, None, out);
+        let mut entry = match self.cache.get_mut(&event.key) {
+            Lookup::Found(entry) => entry,
+            Lookup::Lost => {
+                self.drop_timers(&event.key);
+                return self.start_key(event, fp, own_deadline, out);
             }
-            let (key, record) = RecordEvent::split(event);
-            let key: Arc<str> = Arc::from(key);
-            let mut state = KeyState::default();
-            state.seen.extend(fp);
-            state.open.push(OpenSession {
-                first: t,
-                last: t,
-                events: vec![record],
-            });
-            self.closes.insert((own_deadline, key.clone(), t));
-            self.dirty.push(key.clone());
-            self.keys.insert(
-                key,
-                Cached {
-                    state,
-                    dirty: true,
-                    stored: false,
-                    drained: 0,
-                },
-            );
-            return;
+            Lookup::New => return self.start_key(event, fp, own_deadline, out),
         };
-        let Some(cached) = self.keys.get_mut(&key) else {
-            return self.late(event, own_deadline, None, out);
-        };
-        let state = &mut cached.state;
+        let state = entry.state();
 
         if let Some(fp) = fp
             && state.seen.contains(&fp)
@@ -755,13 +583,15 @@ impl Operator for SessionOperator {
             return self.late(event, deadline, Some(id), out);
         }
 
-        let i = match place(&state.open, t, |s| (s.first, s.last), accepts) {
+        let key = entry.key().clone();
+        let i = match place(&entry.state().open, t, |s| (s.first, s.last), accepts) {
             Place::Join(i) => i,
             Place::New(at) => {
                 if passed(own_deadline, wm) {
                     return self.late(event, own_deadline, None, out);
                 }
                 let (_, record) = RecordEvent::split(event);
+                let state = entry.state_mut();
                 state.seen.extend(fp);
                 state.open.insert(
                     at,
@@ -771,12 +601,12 @@ impl Operator for SessionOperator {
                         events: vec![record],
                     },
                 );
-                mark_dirty(cached, &mut self.dirty, &key);
                 self.closes.insert((own_deadline, key, t));
                 return;
             }
         };
 
+        let state = entry.state_mut();
         let (old_first, old_last) = (state.open[i].first, state.open[i].last);
         // Only an event past the end of the session it joins can reach the next one.
         let bridges = t > old_last
@@ -798,7 +628,6 @@ impl Operator for SessionOperator {
         session.last = session.last.max(t);
         session.events.push(record);
         let (first, last) = (session.first, session.last);
-        mark_dirty(cached, &mut self.dirty, &key);
         if (first, last) != (old_first, old_last) {
             self.closes
                 .remove(&(close_at(old_first, old_last), key.clone(), old_first));
@@ -832,7 +661,7 @@ impl Operator for SessionOperator {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1310,7 +1139,7 @@ mod tests {
         loads: Arc<AtomicUsize>,
     }
 
-    impl KeyLoader for MapStore {
+    impl KeyLoader<KeyState> for MapStore {
         fn load(&mut self, key: &str) -> Option<KeyState> {
             self.loads.fetch_add(1, Ordering::Relaxed);
             let states = self.states.lock().unwrap();
@@ -1332,7 +1161,7 @@ mod tests {
         fn drain(&self, op: &mut SessionOperator, epoch: u64) -> Vec<(String, bool)> {
             let mut reported = Vec::new();
             let mut states = self.states.lock().unwrap();
-            op.drain_changes(epoch, |key, state| {
+            op.drain_changes(epoch, &mut |key, state| {
                 reported.push((key.to_string(), state.is_some()));
                 match state {
                     Some(s) => states.insert(key.into(), postcard::to_allocvec(s).unwrap()),
