@@ -94,3 +94,63 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Runs a command to completion, but for at most `limit`: beyond it the process is killed
+/// and the test fails, so a hung `braid` cannot hang the suite.
+pub fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn braid");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for braid"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Every record of every partition of `topic`, partition by partition in offset order;
+/// empty when the topic does not exist.
+pub fn read_topic(log: &Log, topic: &str) -> Vec<(u32, braid::log::Record)> {
+    let Ok(meta) = log.topic(topic) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in 0..meta.partitions {
+        let mut reader = log.reader(topic, p, 0).expect("open reader");
+        loop {
+            let batch = reader.read_batch(4096).expect("read partition");
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch.into_iter().map(|r| (p, r)));
+        }
+    }
+    out
+}
+
+/// A digest of every file under `dir` (path → length and hash of the contents): two
+/// equal snapshots mean nothing under `dir` was created, removed or changed.
+pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, u64)> {
+    use std::hash::{DefaultHasher, Hasher};
+    files_under(dir)
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("read file");
+            // DefaultHasher::new() has fixed keys: digests compare within one test run.
+            let mut h = DefaultHasher::new();
+            h.write(&bytes);
+            let digest = (bytes.len() as u64, h.finish());
+            (path, digest)
+        })
+        .collect()
+}
