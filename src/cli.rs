@@ -475,6 +475,18 @@ fn print_summary(plan: &topology::Plan, summary: &crate::job::Summary) {
 fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::Result<()> {
     let live = load_plan(&args.topology)?;
     let log = plan_log(log_override, &live)?;
+    let temp_state =
+        std::env::temp_dir().join(format!("braid-replay-{}-{}", live.name, std::process::id()));
+    let iso = crate::replay::Isolation {
+        state: args.state.clone(),
+        output_prefix: args.output_prefix,
+        journeys: args.journeys,
+        late: args.late,
+        dead_letters: args.dead_letters,
+        into_live_outputs: args.into_live_outputs,
+    };
+    let mut plan =
+        crate::replay::isolate(&live, &iso, &temp_state).map_err(|e| UsageError(e.to_string()))?;
     if let Some(dir) = &args.state {
         let holds_state = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
         if holds_state && !args.resume {
@@ -492,57 +504,72 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
             .into());
         }
     }
-    let temp_state =
-        std::env::temp_dir().join(format!("braid-replay-{}-{}", live.name, std::process::id()));
-    let iso = crate::replay::Isolation {
-        state: args.state.clone(),
-        output_prefix: args.output_prefix,
-        journeys: args.journeys,
-        late: args.late,
-        dead_letters: args.dead_letters,
-        into_live_outputs: args.into_live_outputs,
-    };
-    let mut plan =
-        crate::replay::isolate(&live, &iso, &temp_state).map_err(|e| UsageError(e.to_string()))?;
     if let Some(n) = args.shards {
         if n == 0 {
             return Err(UsageError("--shards must be at least 1".into()).into());
         }
         plan.shards = n;
     }
-    let range = crate::replay::resolve(&plan, &log, &args.from, &args.to).map_err(|e| match e {
-        crate::replay::ReplayError::Log(e) => anyhow::Error::new(e).context("resolving the range"),
-        other => UsageError(other.to_string()).into(),
-    })?;
-    let total = range.records();
-    eprintln!(
-        "replaying {total} records of {} into {}, {}, {} (state {})",
-        plan.name,
-        plan.output.journeys,
-        plan.output.late,
-        plan.output.dead_letters,
-        plan.state.display()
-    );
+    // A resumed replay continues with the range, output topics and producer name of its
+    // checkpoint; this invocation's --from/--to and output flags do not apply.
+    let (range, total) = if args.resume {
+        eprintln!(
+            "resuming the replay of {} in {}",
+            plan.name,
+            plan.state.display()
+        );
+        (None, 0)
+    } else {
+        let range =
+            crate::replay::resolve(&plan, &log, &args.from, &args.to).map_err(|e| match e {
+                crate::replay::ReplayError::Log(e) => {
+                    anyhow::Error::new(e).context("resolving the range")
+                }
+                other => UsageError(other.to_string()).into(),
+            })?;
+        let total = range.records();
+        eprintln!(
+            "replaying {total} records of {} into {}, {}, {} (state {})",
+            plan.name,
+            plan.output.journeys,
+            plan.output.late,
+            plan.output.dead_letters,
+            plan.state.display()
+        );
+        (Some(range), total)
+    };
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = stop_on_signal();
     let finished = Arc::new(AtomicBool::new(false));
     let reporter = spawn_progress(total, done.clone(), finished.clone());
     let opts = crate::job::RunOptions {
         bounded: true,
-        range: Some(range),
+        range,
         progress: Some(done),
         align: args.align,
+        // Its own name on its records: they are never taken for the live job's, and two
+        // replays into the same topics do not mistake each other's for their own.
+        producer: Some(format!(
+            "{}.replay.{}",
+            plan.name,
+            crate::time::wall_clock_ms()
+        )),
     };
     let result = crate::job::run(&plan, &log, opts, &stop);
     finished.store(true, Ordering::Relaxed);
     let _ = reporter.join();
-    let temporary = args.state.is_none();
     let interrupted = stop.load(Ordering::Relaxed);
-    if temporary && !args.keep_state && !interrupted {
+    if args.state.is_none() && !args.keep_state && !interrupted && result.is_ok() {
         let _ = std::fs::remove_dir_all(&plan.state);
     }
-    let summary = result?;
+    let summary = result.with_context(|| {
+        format!(
+            "replay failed; its state is kept in {}",
+            plan.state.display()
+        )
+    })?;
     print_summary(&plan, &summary);
+    println!("outputs: {}", summary.outputs.join(", "));
     if interrupted {
         eprintln!(
             "replay interrupted; continue it with: braid replay {} --from beginning --state {} --resume",
@@ -602,11 +629,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// `[#####.....] 1200/5000 records  24% · 30000 rec/s · ETA 0:00:01`
 fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
-    let fraction = if total == 0 {
-        1.0
-    } else {
-        (done as f64 / total as f64).min(1.0)
-    };
+    if total == 0 {
+        // Unknown (a resumed replay): no bar, no ETA.
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+        return format!("{done} records · {rate:.0} rec/s");
+    }
+    let fraction = (done as f64 / total as f64).min(1.0);
     let width = 30;
     let filled = (fraction * width as f64).round() as usize;
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);

@@ -113,6 +113,9 @@ pub struct RunOptions {
     /// Watermark alignment (replays catching up): a partition whose watermark is more
     /// than this ahead of the job watermark is not read until the job watermark follows.
     pub align: Option<Duration>,
+    /// The producer name stamped on published records (default: the topology's name).
+    /// A replay has its own, so its records are never taken for the live job's.
+    pub producer: Option<String>,
 }
 
 /// What a run did.
@@ -139,6 +142,8 @@ pub struct Summary {
     pub state_bytes_peak: u64,
     /// Most windows open at once (per checkpoint interval, the sum of each shard's peak).
     pub open_windows_peak: u64,
+    /// The output topics written: journeys, late reports, dead letters.
+    pub outputs: Vec<String>,
 }
 
 impl Summary {
@@ -157,6 +162,11 @@ struct JobSnapshot {
     sequences: Vec<(String, u32, u64)>,
     /// A replay's end offsets, kept so that a resumed replay ends where it would have.
     ends: Vec<(String, u32, u64)>,
+    /// The name stamped on published records (the job's, or a replay's own).
+    producer: String,
+    /// The output topics (journeys, late, dead letters), so that a resumed replay
+    /// continues into the topics it started with.
+    outputs: Vec<String>,
 }
 
 /// A message from the source stage to a shard.
@@ -260,6 +270,28 @@ pub fn run(
     let snapshot: Option<JobSnapshot> = store.watermarks().map_err(state_err)?;
     let resumed = snapshot.is_some();
     let snapshot = snapshot.unwrap_or_default();
+    // A resumed replay keeps its producer name and output topics, whatever this
+    // invocation says; a live job takes its outputs from the topology (entries committed
+    // for older topics still go there, see Outbox::recover).
+    let mut plan = plan.clone();
+    if resumed && !snapshot.ends.is_empty() {
+        if let [journeys, late, dead_letters] = snapshot.outputs.as_slice() {
+            plan.output.journeys = journeys.clone();
+            plan.output.late = late.clone();
+            plan.output.dead_letters = dead_letters.clone();
+        }
+    }
+    let plan = &plan;
+    let producer = if resumed && !snapshot.producer.is_empty() {
+        snapshot.producer.clone()
+    } else {
+        opts.producer.clone().unwrap_or_else(|| plan.name.clone())
+    };
+    let outputs = vec![
+        plan.output.journeys.clone(),
+        plan.output.late.clone(),
+        plan.output.dead_letters.clone(),
+    ];
 
     // Output topics are created when missing, with the first source's partition count.
     let first = log.topic(&plan.sources[0].topic).map_err(log_err)?;
@@ -278,7 +310,7 @@ pub fn run(
         .map(|(t, p, s)| ((t.clone(), *p), *s))
         .collect();
     let mut outbox = Outbox::new(
-        &plan.name,
+        &producer,
         log,
         [
             &plan.output.journeys,
@@ -318,7 +350,12 @@ pub fn run(
         std::thread::Builder::new()
             .name("braid-commit".into())
             .spawn(move || {
-                committer_stage(&store, outbox, commit_rx, shards, &committed, stored_ends)
+                let identity = Identity {
+                    ends: stored_ends,
+                    producer,
+                    outputs,
+                };
+                committer_stage(&store, outbox, commit_rx, shards, &committed, identity)
             })
             .expect("spawn committer thread")
     };
@@ -407,6 +444,11 @@ pub fn run(
         state_keys_peak: counts.state_keys_peak,
         state_bytes_peak: counts.state_bytes_peak,
         open_windows_peak: counts.open_windows_peak,
+        outputs: vec![
+            plan.output.journeys.clone(),
+            plan.output.late.clone(),
+            plan.output.dead_letters.clone(),
+        ],
     })
 }
 
@@ -927,6 +969,13 @@ struct CommitCounts {
     open_windows_peak: u64,
 }
 
+/// What every checkpoint of a run repeats about the run itself.
+struct Identity {
+    ends: Vec<(String, u32, u64)>,
+    producer: String,
+    outputs: Vec<String>,
+}
+
 /// The parts of one checkpoint gathered so far.
 #[derive(Default)]
 struct Gathering {
@@ -952,7 +1001,7 @@ fn committer_stage(
     rx: Receiver<ToCommitter>,
     shards: usize,
     committed: &AtomicU64,
-    ends: Vec<(String, u32, u64)>,
+    identity: Identity,
 ) -> Result<CommitCounts, OutboxError> {
     let slots = shards + 1;
     let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
@@ -1020,7 +1069,9 @@ fn committer_stage(
                 .iter()
                 .map(|((t, p), s)| (t.clone(), *p, *s))
                 .collect(),
-            ends: ends.clone(),
+            ends: identity.ends.clone(),
+            producer: identity.producer.clone(),
+            outputs: identity.outputs.clone(),
         };
         let (keys, values): (Vec<String>, Vec<Vec<u8>>) = g.upserts.into_iter().unzip();
         let checkpoint = Checkpoint {

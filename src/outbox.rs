@@ -212,43 +212,48 @@ impl Outbox {
                 .or_insert(1);
             *own = (*own).max(e.seq + 1);
         }
+        // Every partition of the current output topics, and every partition a pending
+        // entry was placed in (the topology's outputs may have changed since).
+        let mut to_check: Vec<(String, u32)> = Vec::new();
+        for (topic, partitions) in &self.topics {
+            to_check.extend((0..*partitions).map(|p| (topic.clone(), p)));
+        }
+        to_check.extend(pending.iter().map(|e| (e.topic.clone(), e.partition)));
         let mut published: BTreeMap<(String, u32), u64> = BTreeMap::new();
-        for (topic, partitions) in self.topics.clone() {
-            for partition in 0..partitions {
-                if published.contains_key(&(topic.clone(), partition)) {
-                    continue; // late or dead letters share the journeys topic
-                }
-                let last = self.last_published(&topic, partition)?;
-                published.insert((topic.clone(), partition), last.map_or(0, |(seq, _)| seq));
-                let Some((seq, offset)) = last else {
-                    continue;
-                };
-                if fresh {
-                    return Err(OutboxError::StateMissing {
-                        dir: store.dir().to_path_buf(),
-                        job: self.job.clone(),
-                        topic,
-                        partition,
-                        seq,
-                        offset,
-                    });
-                }
-                let committed = highest_committed
-                    .get(&(topic.clone(), partition))
-                    .map_or(0, |next| next.saturating_sub(1));
-                if seq > committed {
-                    return Err(OutboxError::ForeignSequence {
-                        job: self.job.clone(),
-                        topic,
-                        partition,
-                        offset,
-                        found: seq,
-                        committed,
-                    });
-                }
-                // Published before the crash, not yet acknowledged.
-                store.ack_outbox(&topic, partition, seq)?;
+        for (topic, partition) in to_check {
+            if published.contains_key(&(topic.clone(), partition)) {
+                continue; // late or dead letters share the journeys topic
             }
+            let last = self.last_published(&topic, partition)?;
+            published.insert((topic.clone(), partition), last.map_or(0, |(seq, _)| seq));
+            let Some((seq, offset)) = last else {
+                continue;
+            };
+            if fresh {
+                return Err(OutboxError::StateMissing {
+                    dir: store.dir().to_path_buf(),
+                    job: self.job.clone(),
+                    topic,
+                    partition,
+                    seq,
+                    offset,
+                });
+            }
+            let committed = highest_committed
+                .get(&(topic.clone(), partition))
+                .map_or(0, |next| next.saturating_sub(1));
+            if seq > committed {
+                return Err(OutboxError::ForeignSequence {
+                    job: self.job.clone(),
+                    topic,
+                    partition,
+                    offset,
+                    found: seq,
+                    committed,
+                });
+            }
+            // Published before the crash, not yet acknowledged.
+            store.ack_outbox(&topic, partition, seq)?;
         }
         let republish: Vec<OutboxEntry> = pending
             .into_iter()

@@ -663,7 +663,6 @@ fn into_live_outputs_lifts_the_refusal() {
 }
 
 #[test]
-#[ignore = "src bug: the replay's producer stamp uses the live job's name, so its output counts as another instance of the live job"]
 fn into_live_outputs_backfills_after_the_live_job_published() {
     let f = Fixture::new(&[]);
     f.run_live(&[]);
@@ -681,7 +680,6 @@ fn into_live_outputs_backfills_after_the_live_job_published() {
 }
 
 #[test]
-#[ignore = "src bug: with a non-empty --state the 'already holds a replay's state' check runs before the live-state check"]
 fn the_live_state_is_refused_as_such_once_it_holds_state() {
     let f = Fixture::new(&[]);
     f.run_live(&[]);
@@ -911,7 +909,6 @@ fn an_interrupted_replay_resumes_to_the_uninterrupted_output() {
 }
 
 #[test]
-#[ignore = "src bug: a resumed replay takes its output topics from the command line, not from its checkpoint"]
 fn resuming_as_the_docs_say_continues_into_the_same_topics() {
     let f = Fixture::new(&[]);
     f.replay(&["--from", "beginning", "--output-prefix", "full."]);
