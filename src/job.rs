@@ -44,7 +44,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
-use crate::engine::{Checkpointed, KeyLoader, Operator, Output, SessionConfig};
+use crate::engine::{Checkpointed, KeyLoader, Operator, Output, SessionConfig, SessionOperator};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
@@ -243,23 +243,8 @@ pub fn run(
             broker: "fluvio",
         });
     }
-    let session = match &plan.correlation {
-        Correlation::Session { gap, max_duration } => SessionConfig {
-            topology: plan.name.clone(),
-            sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
-            gap: *gap,
-            grace: plan.time.grace,
-            retention: None,
-            max_duration: *max_duration,
-            include_payload: plan.output.include_payload,
-        },
-        other => {
-            return Err(JobError::UnsupportedKind {
-                job,
-                kind: other.kind(),
-            });
-        }
-    };
+    // Fail on an unsupported kind or a bad configuration before touching any state.
+    AnyOperator::build(plan)?;
     let started = Instant::now();
     let shards = plan.shards.max(1);
 
@@ -363,10 +348,7 @@ pub fn run(
     let mut shard_handles = Vec::with_capacity(shards);
     for i in 0..shards {
         let (tx, rx) = sync_channel::<Vec<ShardMsg>>(CHANNEL_BATCHES);
-        let op = session.clone().build().map_err(|e| JobError::Operator {
-            job: job.clone(),
-            message: e.to_string(),
-        })?;
+        let op = AnyOperator::build(plan)?;
         let shard = Shard {
             index: i,
             count: shards,
@@ -375,12 +357,7 @@ pub fn run(
             out: commit_tx.clone(),
         };
         shard_txs.push(tx);
-        shard_handles.push(
-            std::thread::Builder::new()
-                .name(format!("braid-shard-{i}"))
-                .spawn(move || shard.run(op, rx))
-                .expect("spawn shard thread"),
-        );
+        shard_handles.push(op.spawn(shard, rx));
     }
     let source = SourceStage {
         plan,
@@ -812,6 +789,52 @@ impl SourceStage<'_> {
     }
 }
 
+/// A shard's operator: the topology's correlation kind, built. Adding a kind means a
+/// variant here, its arm in `build` and in `spawn`.
+enum AnyOperator {
+    Session(SessionOperator),
+}
+
+impl AnyOperator {
+    fn build(plan: &Plan) -> Result<AnyOperator, JobError> {
+        let failed = |message: String| JobError::Operator {
+            job: plan.name.clone(),
+            message,
+        };
+        match &plan.correlation {
+            Correlation::Session { gap, max_duration } => SessionConfig {
+                topology: plan.name.clone(),
+                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                gap: *gap,
+                grace: plan.time.grace,
+                retention: None,
+                max_duration: *max_duration,
+                include_payload: plan.output.include_payload,
+            }
+            .build()
+            .map(AnyOperator::Session)
+            .map_err(|e| failed(e.to_string())),
+            other => Err(JobError::UnsupportedKind {
+                job: plan.name.clone(),
+                kind: other.kind(),
+            }),
+        }
+    }
+
+    /// Runs the operator on its own thread as `shard`.
+    fn spawn(
+        self,
+        shard: Shard,
+        rx: Receiver<Vec<ShardMsg>>,
+    ) -> std::thread::JoinHandle<Result<(), StateError>> {
+        let thread = std::thread::Builder::new().name(format!("braid-shard-{}", shard.index));
+        match self {
+            AnyOperator::Session(op) => thread.spawn(move || shard.run(op, rx)),
+        }
+        .expect("spawn shard thread")
+    }
+}
+
 /// Reads back evicted key states from the store; an I/O error is kept for the shard to
 /// report (the operator interface has no error path, by design).
 struct StoreLoader {
@@ -937,6 +960,11 @@ impl Shard {
                             value: l.to_json(),
                         }),
                         Output::Duplicate { .. } => duplicates += 1,
+                        Output::Correlation(c) => records.push(OutRecord {
+                            kind: OutKind::Journey,
+                            key: Some(c.key.as_bytes().to_vec()),
+                            value: c.json,
+                        }),
                     }
                 }
             }

@@ -94,6 +94,20 @@ pub enum Output {
         key: String,
         id: String,
     },
+    /// A correlation record of another kind (`complete`, `incomplete`, `join`,
+    /// `window`), already rendered; it goes to the journeys topic like a journey.
+    Correlation(CorrelationRecord),
+}
+
+/// A rendered correlation record: its kind, deterministic id, key and JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationRecord {
+    /// The record's `kind` field, e.g. `"complete"`.
+    pub kind: &'static str,
+    pub id: JourneyId,
+    pub key: Arc<str>,
+    /// One JSON object (the runtime appends its `producer` stamp to it).
+    pub json: Vec<u8>,
 }
 
 /// A deterministic correlation-record id: 128 bits, rendered as 32 lower-case hex
