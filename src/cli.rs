@@ -77,6 +77,9 @@ struct ReplayArgs {
     /// job did.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     align: Option<Duration>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Continue the interrupted replay whose state is in --state.
     #[arg(long, requires = "state")]
     resume: bool,
@@ -122,6 +125,9 @@ enum Command {
         /// Override the topology's state directory (checkpoints; a run resumes from it).
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Re-process a range of a topology's sources (backfill), isolated from the live job.
     #[command(
@@ -316,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             summary_json,
             shards,
             state,
+            metrics_addr,
         } => run_job(
             cli.log.as_deref(),
             &topology,
@@ -324,6 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shards,
                 state,
                 summary_json,
+                metrics_addr,
             },
         ),
         Command::Replay(args) => replay(cli.log.as_deref(), args),
@@ -419,6 +427,29 @@ struct RunArgs {
     shards: Option<usize>,
     state: Option<PathBuf>,
     summary_json: Option<PathBuf>,
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Starts the metrics endpoint when an address is given; the job reports into the
+/// returned telemetry, and the endpoint lives as long as the returned guard.
+fn start_metrics(
+    plan: &topology::Plan,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<(
+    Option<crate::metrics::Telemetry>,
+    Option<crate::metrics::Endpoint>,
+)> {
+    let Some(addr) = addr else {
+        return Ok((None, None));
+    };
+    let telemetry = crate::metrics::Telemetry {
+        metrics: crate::metrics::Metrics::new(&plan.name)?,
+        health: Arc::new(crate::metrics::Health::new(plan.checkpoint.interval)),
+    };
+    let endpoint =
+        crate::metrics::serve(addr, telemetry.metrics.clone(), telemetry.health.clone())?;
+    tracing::info!(addr = %endpoint.addr(), "serving /metrics, /healthz and /readyz");
+    Ok((Some(telemetry), Some(endpoint)))
 }
 
 fn run_job(
@@ -437,9 +468,11 @@ fn run_job(
         plan.state = dir;
     }
     let log = plan_log(log_override, &plan)?;
+    let (telemetry, _endpoint) = start_metrics(&plan, args.metrics_addr)?;
     let stop = stop_on_signal();
     let opts = crate::job::RunOptions {
         bounded: args.bounded,
+        telemetry,
         ..Default::default()
     };
     let summary = crate::job::run(&plan, &log, opts, &stop)?;
@@ -538,6 +571,7 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
         );
         (Some(range), total)
     };
+    let (telemetry, _endpoint) = start_metrics(&plan, args.metrics_addr)?;
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = stop_on_signal();
     let finished = Arc::new(AtomicBool::new(false));
@@ -554,6 +588,7 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
             plan.name,
             crate::time::wall_clock_ms()
         )),
+        telemetry,
     };
     let result = crate::job::run(&plan, &log, opts, &stop);
     finished.store(true, Ordering::Relaxed);

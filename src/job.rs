@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{DecoderConfig, Event};
 use crate::engine::{Checkpointed, KeyLoader, Operator, Output, SessionConfig, SessionOperator};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
+use crate::metrics::{Metrics, Telemetry};
 use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
 };
@@ -116,6 +117,8 @@ pub struct RunOptions {
     /// The producer name stamped on published records (default: the topology's name).
     /// A replay has its own, so its records are never taken for the live job's.
     pub producer: Option<String>,
+    /// Metrics and health to report into (`--metrics-addr`).
+    pub telemetry: Option<Telemetry>,
 }
 
 /// What a run did.
@@ -172,7 +175,8 @@ struct JobSnapshot {
 /// A message from the source stage to a shard.
 enum ShardMsg {
     Event(Event),
-    Watermark(i64),
+    /// A new job watermark, and the wall clock (ms) of the slice that produced it.
+    Watermark(i64, i64),
     /// Checkpoint `n`: report what changed since the previous one.
     Barrier(u64),
 }
@@ -328,6 +332,7 @@ pub fn run(
         .map(|((t, p), o)| (t.clone(), *p, *o))
         .collect();
     let committed = Arc::new(AtomicU64::new(snapshot.epoch));
+    let telemetry = opts.telemetry.clone();
     let (commit_tx, commit_rx) = sync_channel::<ToCommitter>(CHANNEL_BATCHES * (shards + 1));
     let committer = {
         let store = store.clone();
@@ -340,7 +345,9 @@ pub fn run(
                     producer,
                     outputs,
                 };
-                committer_stage(&store, outbox, commit_rx, shards, &committed, identity)
+                committer_stage(
+                    &store, outbox, commit_rx, shards, &committed, identity, telemetry,
+                )
             })
             .expect("spawn committer thread")
     };
@@ -355,6 +362,8 @@ pub fn run(
             store: store.clone(),
             committed: committed.clone(),
             out: commit_tx.clone(),
+            metrics: opts.telemetry.as_ref().map(|t| t.metrics.clone()),
+            kind: plan.correlation.kind(),
         };
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
@@ -373,6 +382,7 @@ pub fn run(
         shards: &shard_txs,
         committer: &commit_tx,
         slot: shards,
+        telemetry: opts.telemetry.as_ref(),
     }
     .run(&store, resumed.then_some(&snapshot));
     drop(shard_txs);
@@ -438,6 +448,38 @@ struct Input {
     done: bool,
     /// Held back by watermark alignment for this slice.
     paused: bool,
+    /// Value bytes read and not yet added to the metrics.
+    bytes: u64,
+    /// Records read and not yet added to the metrics.
+    records: u64,
+    metrics: Option<InputMetrics>,
+}
+
+/// One source partition's metric handles, looked up once.
+struct InputMetrics {
+    records: prometheus::IntCounter,
+    bytes: prometheus::IntCounter,
+    position: prometheus::IntGauge,
+    end: prometheus::IntGauge,
+    lag: prometheus::IntGauge,
+    watermark: prometheus::IntGauge,
+    idle: prometheus::IntGauge,
+}
+
+impl InputMetrics {
+    fn new(m: &Metrics, topic: &str, partition: u32) -> Self {
+        let p = partition.to_string();
+        let labels = [topic, p.as_str()];
+        InputMetrics {
+            records: m.records_in.with_label_values(&labels),
+            bytes: m.bytes_in.with_label_values(&labels),
+            position: m.position.with_label_values(&labels),
+            end: m.end_offset.with_label_values(&labels),
+            lag: m.lag.with_label_values(&labels),
+            watermark: m.partition_watermark.with_label_values(&labels),
+            idle: m.partition_idle.with_label_values(&labels),
+        }
+    }
 }
 
 enum SourceError {
@@ -472,6 +514,7 @@ struct SourceStage<'a> {
     committer: &'a SyncSender<ToCommitter>,
     /// This stage's slot at the committer.
     slot: usize,
+    telemetry: Option<&'a Telemetry>,
 }
 
 /// Batches on their way to the shards and the committer.
@@ -575,6 +618,11 @@ impl SourceStage<'_> {
                     end,
                     done: false,
                     paused: false,
+                    bytes: 0,
+                    records: 0,
+                    metrics: self
+                        .telemetry
+                        .map(|t| InputMetrics::new(&t.metrics, &src.topic, p)),
                 });
             }
         }
@@ -602,11 +650,19 @@ impl SourceStage<'_> {
             // The operators' watermark as of the checkpoint (closing nothing new: the
             // checkpoint was taken after they had seen it).
             let w = watermarks.current();
+            let now = wall_clock_ms();
             for b in &mut out.shards {
-                b.push(ShardMsg::Watermark(w));
+                b.push(ShardMsg::Watermark(w, now));
             }
         }
         let mut counts = SourceCounts::default();
+        let mut dead_letters = RateLimited::new("dead letters written");
+        if let Some(t) = self.telemetry {
+            t.health.sources_ready.store(true, Ordering::Relaxed);
+        }
+        // End offsets of a live run's partitions move; the lag metric re-reads them now
+        // and then.
+        let mut ends_refreshed = Instant::now();
         let mut epoch = snapshot.map_or(0, |s| s.epoch);
         let mut since_checkpoint = 0u64;
         let mut last_checkpoint = Instant::now();
@@ -655,7 +711,9 @@ impl SourceStage<'_> {
                             BATCH
                         };
                         let decoder = &decoders[input.id.source as usize];
+                        let mut bytes = 0u64;
                         let n = input.reader.read_before(max, horizon, |view, buf| {
+                            bytes += view.value.len() as u64;
                             match decoder.decode(
                                 input.id.partition,
                                 view.offset,
@@ -669,16 +727,25 @@ impl SourceStage<'_> {
                                 }
                                 Err(dl) => {
                                     tracing::debug!(topic = %input.topic, partition = input.id.partition, offset = view.offset, reason = %dl.reason, "dead letter");
+                                    dead_letters.note(|| {
+                                        format!(
+                                            "{}/{} offset {}: {}",
+                                            input.topic, input.id.partition, view.offset, dl.reason
+                                        )
+                                    });
                                     out.dead.push(OutRecord {
                                         kind: OutKind::DeadLetter,
                                         key: view.key.clone().map(|k| buf[k].to_vec()),
                                         value: dl.to_json(),
+                                        born_ms: now,
                                     });
                                     counts.dead_letters += 1;
                                 }
                             }
                         })?;
                         counts.records_in += n as u64;
+                        input.records += n as u64;
+                        input.bytes += bytes;
                         if let Some(progress) = self.progress {
                             progress.fetch_add(n as u64, Ordering::Relaxed);
                         }
@@ -710,9 +777,43 @@ impl SourceStage<'_> {
             if let Some(w) = watermarks.advance(now) {
                 watermark_moved = true;
                 for b in &mut out.shards {
-                    b.push(ShardMsg::Watermark(w));
+                    b.push(ShardMsg::Watermark(w, now));
                 }
             }
+            if let Some(t) = self.telemetry {
+                let refresh = !bounded && ends_refreshed.elapsed() >= Duration::from_secs(1);
+                if refresh {
+                    ends_refreshed = Instant::now();
+                }
+                for input in inputs.iter_mut() {
+                    if refresh
+                        && let Ok(info) = log.partition_info(&input.topic, input.id.partition)
+                    {
+                        input.end = info.end_offset;
+                    }
+                    if let Some(m) = &input.metrics {
+                        m.records.inc_by(std::mem::take(&mut input.records));
+                        m.bytes.inc_by(std::mem::take(&mut input.bytes));
+                        let position = input.reader.position();
+                        m.position.set(position as i64);
+                        let end = input.end.max(position);
+                        m.end.set(end as i64);
+                        m.lag.set((end - position) as i64);
+                        if let Some(state) = watermarks.partition(input.id) {
+                            m.watermark.set(state.watermark);
+                            m.idle.set(i64::from(state.idle));
+                        }
+                    }
+                }
+                let job = watermarks.current();
+                t.metrics.job_watermark.set(job);
+                t.metrics.watermark_lag_ms.set(if job == i64::MIN {
+                    0
+                } else {
+                    now.saturating_sub(job)
+                });
+            }
+            dead_letters.maybe_log();
             let finished = bounded && inputs.iter().all(|i| i.done);
             let last = finished || stopping;
             let due = since_checkpoint >= max_records
@@ -725,7 +826,7 @@ impl SourceStage<'_> {
                 if finished {
                     let w = watermarks.finish();
                     for b in &mut out.shards {
-                        b.push(ShardMsg::Watermark(w));
+                        b.push(ShardMsg::Watermark(w, now));
                     }
                 }
                 epoch += 1;
@@ -864,6 +965,9 @@ struct Shard {
     /// The last committed checkpoint: keys written at or before it may be evicted.
     committed: Arc<AtomicU64>,
     out: SyncSender<ToCommitter>,
+    metrics: Option<Metrics>,
+    /// The correlation kind (a metrics label).
+    kind: &'static str,
 }
 
 impl Shard {
@@ -894,12 +998,17 @@ impl Shard {
         let mut records = Vec::new();
         let mut duplicates = 0;
         let mut open_windows_peak = 0;
+        // When the current slice was read: the birth time of what it completes.
+        let mut slice_at = wall_clock_ms();
+        // What this shard last added to the shared gauges.
+        let (mut open_reported, mut cached_reported) = (0i64, 0i64);
         for batch in rx {
             for msg in batch {
                 match msg {
                     ShardMsg::Event(e) => op.on_event(e, watermark, &mut outputs),
-                    ShardMsg::Watermark(w) => {
+                    ShardMsg::Watermark(w, at) => {
                         watermark = w;
+                        slice_at = at;
                         op.on_watermark(w, &mut outputs);
                     }
                     ShardMsg::Barrier(epoch) => {
@@ -945,6 +1054,15 @@ impl Shard {
                             CACHED_KEYS_PER_SHARD,
                             self.committed.load(Ordering::Acquire),
                         );
+                        if let Some(m) = &self.metrics {
+                            let open = op.open_windows() as i64;
+                            let cached = op.cached_keys() as i64;
+                            m.open_windows
+                                .with_label_values(&[self.kind])
+                                .add(open - open_reported);
+                            m.cached_keys.add(cached - cached_reported);
+                            (open_reported, cached_reported) = (open, cached);
+                        }
                     }
                 }
                 for out in outputs.drain(..) {
@@ -953,17 +1071,27 @@ impl Shard {
                             kind: OutKind::Journey,
                             key: Some(j.key.as_bytes().to_vec()),
                             value: j.to_json(),
+                            born_ms: slice_at,
                         }),
-                        Output::Late(l) => records.push(OutRecord {
-                            kind: OutKind::Late,
-                            key: Some(l.key.as_bytes().to_vec()),
-                            value: l.to_json(),
-                        }),
+                        Output::Late(l) => {
+                            if let Some(m) = &self.metrics {
+                                m.lateness_ms
+                                    .with_label_values(&[&*l.topic])
+                                    .observe(l.lateness_ms.max(0) as f64);
+                            }
+                            records.push(OutRecord {
+                                kind: OutKind::Late,
+                                key: Some(l.key.as_bytes().to_vec()),
+                                value: l.to_json(),
+                                born_ms: slice_at,
+                            })
+                        }
                         Output::Duplicate { .. } => duplicates += 1,
                         Output::Correlation(c) => records.push(OutRecord {
                             kind: OutKind::Journey,
                             key: Some(c.key.as_bytes().to_vec()),
                             value: c.json,
+                            born_ms: slice_at,
                         }),
                     }
                 }
@@ -1018,6 +1146,65 @@ struct Gathering {
     open_windows: u64,
     /// Key states stored once committed.
     keys: u64,
+    duplicates: u64,
+}
+
+impl Drop for RateLimited {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A warning about a kind of bad or late record, logged at most every 10 s with the count
+/// since the previous one — never one line per record at full speed.
+struct RateLimited {
+    what: &'static str,
+    count: u64,
+    last: Option<String>,
+    logged: Instant,
+}
+
+impl RateLimited {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new(what: &'static str) -> Self {
+        RateLimited {
+            what,
+            count: 0,
+            last: None,
+            logged: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.count += n;
+    }
+
+    /// Counts one, remembering it as the last (bad records are rare: the cost of
+    /// formatting its coordinates does not matter).
+    fn note(&mut self, last: impl FnOnce() -> String) {
+        self.count += 1;
+        self.last = Some(last());
+    }
+
+    fn maybe_log(&mut self) {
+        if self.count > 0 && self.logged.elapsed() >= Self::EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        match (&self.last, self.count) {
+            (_, 0) => {}
+            (Some(last), count) => {
+                tracing::warn!(count, last = %last, "{} since the previous report", self.what)
+            }
+            (None, count) => tracing::warn!(count, "{} since the previous report", self.what),
+        }
+        self.count = 0;
+        self.last = None;
+        self.logged = Instant::now();
+    }
 }
 
 /// Gathers every stage's part of each checkpoint, commits it as one batch, then publishes
@@ -1030,7 +1217,9 @@ fn committer_stage(
     shards: usize,
     committed: &AtomicU64,
     identity: Identity,
+    telemetry: Option<Telemetry>,
 ) -> Result<CommitCounts, OutboxError> {
+    let mut late_reports = RateLimited::new("late arrivals reported");
     let slots = shards + 1;
     let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
     let mut gathering: BTreeMap<u64, Gathering> = BTreeMap::new();
@@ -1057,6 +1246,7 @@ fn committer_stage(
                         g.upserts.extend(upserts);
                         g.deletes.extend(deletes);
                         g.open_windows += open_windows_peak as u64;
+                        g.duplicates += duplicates;
                         counts.duplicates += duplicates;
                     }
                     Part::Source {
@@ -1079,16 +1269,22 @@ fn committer_stage(
         // Dead letters first, then shard by shard: a fixed order for a fixed shard count.
         let mut records = g.records;
         let mut entries = Vec::new();
+        let mut born = Vec::new();
+        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let late_before = counts.late;
         for slot in std::iter::once(shards).chain(0..shards) {
             for r in records.remove(&slot).unwrap_or_default() {
                 match r.kind {
-                    OutKind::Journey => counts.journeys += 1,
+                    OutKind::Journey | OutKind::Record(_) => counts.journeys += 1,
                     OutKind::Late => counts.late += 1,
                     OutKind::DeadLetter => {}
                 }
+                *kinds.entry(r.kind.name()).or_default() += 1;
+                born.push(r.born_ms);
                 entries.push(outbox.place(r));
             }
         }
+        late_reports.add(counts.late - late_before);
         let snapshot = JobSnapshot {
             epoch,
             watermarks: g.watermarks.unwrap_or_default(),
@@ -1114,14 +1310,44 @@ fn committer_stage(
             outbox: &entries,
         };
         crash_point(CrashPoint::Commit);
+        let commit_started = Instant::now();
         store.commit(checkpoint)?;
+        let commit_seconds = commit_started.elapsed().as_secs_f64();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
         let stats = store.stats();
-        counts.state_bytes_peak = counts
-            .state_bytes_peak
-            .max(stats.live_data_bytes + stats.memtable_bytes);
-        outbox.publish(store, &entries)?;
+        let state_bytes = stats.live_data_bytes + stats.memtable_bytes;
+        counts.state_bytes_peak = counts.state_bytes_peak.max(state_bytes);
+        if let Some(t) = &telemetry {
+            let m = &t.metrics;
+            let now = wall_clock_ms();
+            m.checkpoint_seconds.observe(commit_seconds);
+            m.checkpoints.inc();
+            m.last_checkpoint_ms.set(now);
+            t.health.last_checkpoint_ms.store(now, Ordering::Relaxed);
+            m.state_keys.set(g.keys as i64);
+            m.state_bytes.set(state_bytes as i64);
+            m.outbox_depth.set(entries.len() as i64);
+            m.duplicates.inc_by(g.duplicates);
+        }
+        if let Err(e) = outbox.publish(store, &entries) {
+            if let Some(t) = &telemetry {
+                t.metrics.sink_errors.inc();
+            }
+            return Err(e);
+        }
+        if let Some(t) = &telemetry {
+            let m = &t.metrics;
+            let now = wall_clock_ms();
+            m.outbox_depth.set(0);
+            for (kind, n) in &kinds {
+                m.output_records.with_label_values(&[kind]).inc_by(*n);
+            }
+            for b in born {
+                m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
+            }
+        }
+        late_reports.maybe_log();
     }
     Ok(counts)
 }

@@ -211,6 +211,19 @@ impl Metrics {
     }
 }
 
+/// The metrics and health state a job reports into (both shared with the endpoint).
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
 /// What `/readyz` checks, set by the job.
 #[derive(Debug)]
 pub struct Health {

@@ -67,8 +67,22 @@ pub enum OutboxError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutKind {
     Journey,
+    /// A correlation record of another kind (`complete`, …); goes with journeys.
+    Record(&'static str),
     Late,
     DeadLetter,
+}
+
+impl OutKind {
+    /// The record's `kind` field (a metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutKind::Journey => "journey",
+            OutKind::Record(kind) => kind,
+            OutKind::Late => "late_arrival",
+            OutKind::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 /// An output record before it is given a place; `value` is a JSON object.
@@ -77,6 +91,9 @@ pub struct OutRecord {
     pub kind: OutKind,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Wall clock (epoch ms) when the input that completed this record was read, for the
+    /// end-to-end latency metric; not published.
+    pub born_ms: i64,
 }
 
 /// The next sequence number of every output partition the job has written to; part of
@@ -146,7 +163,7 @@ impl Outbox {
     /// deterministic.
     pub fn place(&mut self, record: OutRecord) -> OutboxEntry {
         let (topic, partitions) = match record.kind {
-            OutKind::Journey => &self.topics[0],
+            OutKind::Journey | OutKind::Record(_) => &self.topics[0],
             OutKind::Late => &self.topics[1],
             OutKind::DeadLetter => &self.topics[2],
         };
@@ -405,6 +422,7 @@ mod tests {
             kind,
             key: Some(key.as_bytes().to_vec()),
             value: format!("{{\"n\":{n}}}").into_bytes(),
+            born_ms: 0,
         }
     }
 
