@@ -59,12 +59,13 @@ pub(crate) struct PartitionRef {
 }
 
 impl PartitionRef {
-    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> LogError + use<> {
-        let (topic, partition, path) = (self.topic.clone(), self.partition, path.to_path_buf());
+    /// Wraps an I/O error on `path`. Lazy: the topic and path are copied only when an error
+    /// actually happens, because readers call this once per record (`peek().map_err(..)`).
+    fn io<'a>(&'a self, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
         move |source| LogError::PartitionIo {
-            topic,
-            partition,
-            path,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            path: path.to_path_buf(),
             source,
         }
     }
