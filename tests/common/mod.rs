@@ -154,3 +154,40 @@ pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, u
         })
         .collect()
 }
+
+/// The newest segment file of a partition (`<base:020>.log`, the only one ever appended
+/// to): where a crash tears the tail. `None` before the partition's first write.
+pub fn newest_segment(log: &Log, topic: &str, partition: u32) -> Option<PathBuf> {
+    std::fs::read_dir(log.partition_dir(topic, partition))
+        .expect("read partition dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+}
+
+/// Waits until `child` exits (returns its status) or `condition` holds (returns `None`,
+/// the child still running), re-checking whenever `watcher` reports a change and at least
+/// every 20 ms (a child's exit wakes no watcher). Beyond `limit` the child is killed and
+/// the test fails, so a hung `braid` cannot hang the suite.
+pub fn await_exit_or(
+    child: &mut std::process::Child,
+    watcher: &braid::log::TailWatcher,
+    limit: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return Some(status);
+        }
+        if condition() {
+            return None;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("neither the condition nor the child's exit within {limit:?}");
+        }
+        watcher.wait_timeout(std::time::Duration::from_millis(20));
+    }
+}
