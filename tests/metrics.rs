@@ -120,7 +120,10 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
             break;
         }
     }
-    assert_eq!(get(addr, "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
+    assert_eq!(
+        get(addr, "/healthz"),
+        ("HTTP/1.1 200 OK".into(), "ok\n".into())
+    );
 
     // Await the output: after each publication, scrape until every input record is read
     // and published (nothing else happens afterwards: no partition goes idle for 1 h).
@@ -131,7 +134,10 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
         }
     }
     let body = loop {
-        assert!(Instant::now() < deadline, "the job did not read its input in time");
+        assert!(
+            Instant::now() < deadline,
+            "the job did not read its input in time"
+        );
         let (status, body) = get(addr, "/metrics");
         assert_eq!(status, "HTTP/1.1 200 OK");
         let read = sum(&body, "braid_records_in_total");
@@ -147,7 +153,10 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
         // Woken by the next publication (the timeout only bounds a missed wake-up).
         watcher.wait_timeout(Duration::from_secs(2));
     };
-    assert_eq!(get(addr, "/readyz"), ("HTTP/1.1 200 OK".into(), "ready\n".into()));
+    assert_eq!(
+        get(addr, "/readyz"),
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
 
     // Output counters equal the records found on each topic, per kind.
     let outputs = samples(&body, "braid_output_records_total");
@@ -249,5 +258,8 @@ fn json_logs_parse_and_carry_counts() {
     assert_eq!(dead.len(), 1, "{stderr}");
     assert!(dead[0]["fields"]["count"].as_u64().unwrap() > 0);
     let last = dead[0]["fields"]["last"].as_str().unwrap();
-    assert!(last.starts_with("page.viewed/") || last.contains(" offset "), "{last}");
+    assert!(
+        last.starts_with("page.viewed/") || last.contains(" offset "),
+        "{last}"
+    );
 }

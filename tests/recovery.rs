@@ -618,9 +618,6 @@ fn a_torn_output_tail_after_a_crash_in_the_drain_is_truncated_and_exactly_once_h
 }
 
 #[test]
-#[ignore = "bug: src/log/partition.rs end_offset() under-reports the end of a partition whose \
-            tail is corrupt (not merely incomplete), so Outbox::recover republishes records \
-            already published; see the recovery branch's report"]
 fn a_corrupt_output_tail_after_a_crash_in_the_drain_is_truncated_and_exactly_once_holds() {
     // Zeros (a length the file system extended but whose data never came, as after a power
     // loss), then a whole frame whose checksum does not match.

@@ -476,10 +476,16 @@ fn end_offset(part: &PartitionRef, bases: &[u64]) -> Result<u64, LogError> {
             position: 0,
             timestamp_ms: i64::MIN,
         });
-    // A frame still being written (or torn) at the tail is not part of the log yet.
-    let next = match scan_segment(part, last, from.position, |_, _| true) {
+    // A frame still being written (or torn) at the tail is not part of the log yet; nor is
+    // a corrupt one (zeros after a power loss, a bad checksum), but the frames before it
+    // are, so the scan remembers the last good one.
+    let mut seen = None;
+    let next = match scan_segment(part, last, from.position, |view, _| {
+        seen = Some(view.offset + 1);
+        true
+    }) {
         Ok(n) => n,
-        Err(LogError::Corrupt { .. }) => None,
+        Err(LogError::Corrupt { .. }) => seen,
         Err(e) => return Err(e),
     };
     Ok(next.unwrap_or(from.offset))
