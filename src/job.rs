@@ -727,7 +727,14 @@ impl SourceStage<'_> {
                                     out.shards[shard].push(ShardMsg::Event(event));
                                 }
                                 Err(dl) => {
-                                    tracing::debug!(topic = %input.topic, partition = input.id.partition, offset = view.offset, reason = %dl.reason, "dead letter");
+                                    tracing::debug!(
+                                        topic = %input.topic,
+                                        partition = input.id.partition,
+                                        offset = view.offset,
+                                        key = %String::from_utf8_lossy(view.key.clone().map_or(&[][..], |k| &buf[k])),
+                                        reason = %dl.reason,
+                                        "dead letter"
+                                    );
                                     dead_letters.note(|| {
                                         format!(
                                             "{}/{} offset {}: {}",
