@@ -259,12 +259,13 @@ pub fn run(
     // invocation says; a live job takes its outputs from the topology (entries committed
     // for older topics still go there, see Outbox::recover).
     let mut plan = plan.clone();
-    if resumed && !snapshot.ends.is_empty() {
-        if let [journeys, late, dead_letters] = snapshot.outputs.as_slice() {
-            plan.output.journeys = journeys.clone();
-            plan.output.late = late.clone();
-            plan.output.dead_letters = dead_letters.clone();
-        }
+    if resumed
+        && !snapshot.ends.is_empty()
+        && let [journeys, late, dead_letters] = snapshot.outputs.as_slice()
+    {
+        plan.output.journeys = journeys.clone();
+        plan.output.late = late.clone();
+        plan.output.dead_letters = dead_letters.clone();
     }
     let plan = &plan;
     let producer = if resumed && !snapshot.producer.is_empty() {

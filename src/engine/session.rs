@@ -1714,6 +1714,7 @@ mod tests {
                 Output::Journey(j) => j.events.iter().for_each(|e| place(e.offset, "journey")),
                 Output::Late(l) => place(l.offset, "late"),
                 Output::Duplicate { offset, .. } => place(*offset, "duplicate"),
+                Output::Correlation(c) => panic!("a session emits journeys, got {}", c.kind),
             }
         }
         assert_eq!(fate.len(), arrivals.len());
