@@ -44,7 +44,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
-use crate::engine::{Checkpointed, KeyLoader, Operator, Output, SessionConfig, SessionOperator};
+use crate::engine::{
+    Checkpointed, KeyLoader, Operator, Output, SessionConfig, SessionOperator, WindowConfig,
+    WindowOperator,
+};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
 use crate::outbox::{
@@ -902,6 +905,8 @@ impl SourceStage<'_> {
 /// variant here, its arm in `build` and in `spawn`.
 enum AnyOperator {
     Session(SessionOperator),
+    /// `tumbling` and `hopping` (tumbling is hopping with `hop = size`).
+    Window(WindowOperator),
 }
 
 impl AnyOperator {
@@ -923,6 +928,30 @@ impl AnyOperator {
             .build()
             .map(AnyOperator::Session)
             .map_err(|e| failed(e.to_string())),
+            Correlation::Tumbling { size } => WindowConfig {
+                topology: plan.name.clone(),
+                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                size: *size,
+                hop: None,
+                grace: plan.time.grace,
+                retention: None,
+                include_payload: plan.output.include_payload,
+            }
+            .build()
+            .map(AnyOperator::Window)
+            .map_err(|e| failed(e.to_string())),
+            Correlation::Hopping { size, hop } => WindowConfig {
+                topology: plan.name.clone(),
+                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                size: *size,
+                hop: Some(*hop),
+                grace: plan.time.grace,
+                retention: None,
+                include_payload: plan.output.include_payload,
+            }
+            .build()
+            .map(AnyOperator::Window)
+            .map_err(|e| failed(e.to_string())),
             other => Err(JobError::UnsupportedKind {
                 job: plan.name.clone(),
                 kind: other.kind(),
@@ -939,6 +968,7 @@ impl AnyOperator {
         let thread = std::thread::Builder::new().name(format!("braid-shard-{}", shard.index));
         match self {
             AnyOperator::Session(op) => thread.spawn(move || shard.run(op, rx)),
+            AnyOperator::Window(op) => thread.spawn(move || shard.run(op, rx)),
         }
         .expect("spawn shard thread")
     }

@@ -22,6 +22,7 @@
 
 pub mod cache;
 pub mod session;
+pub mod window;
 
 use std::fmt;
 use std::hash::Hasher as _;
@@ -35,6 +36,7 @@ use crate::decode::Event;
 
 pub use cache::KeyLoader;
 pub use session::{SessionConfig, SessionConfigError, SessionOperator};
+pub use window::{WindowConfig, WindowConfigError, WindowOperator};
 
 /// A correlation operator: one correlation kind of one topology.
 pub trait Operator {
