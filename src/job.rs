@@ -80,7 +80,7 @@ pub enum JobError {
         source: Box<OutboxError>,
     },
     #[error(
-        "job {job}: correlation kind `{kind}` is not available yet in this version (available: session)"
+        "job {job}: correlation kind `{kind}` is not available yet in this version (available: session, tumbling, hopping)"
     )]
     UnsupportedKind { job: String, kind: &'static str },
     #[error(
