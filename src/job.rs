@@ -54,7 +54,7 @@ use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
 };
 use crate::replay::Range;
-use crate::state::{Checkpoint, StateError, StateOptions, StateStore, encode};
+use crate::state::{Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode};
 use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
 
@@ -1250,12 +1250,97 @@ impl RateLimited {
 /// complete, so checkpoints complete in order.
 fn committer_stage(
     store: &StateStore,
-    mut outbox: Outbox,
+    outbox: Outbox,
     rx: Receiver<ToCommitter>,
     shards: usize,
     committed: &AtomicU64,
     identity: Identity,
     telemetry: Option<Telemetry>,
+) -> Result<CommitCounts, OutboxError> {
+    // Publication runs on its own thread, one committed checkpoint behind at most: the
+    // next checkpoint is gathered and committed while the previous one is appended and
+    // synced. Order is kept (one channel, one publisher), so each checkpoint's output is
+    // still published only after its commit, and in commit order.
+    std::thread::scope(|scope| {
+        let (tx, publications) = sync_channel::<Publication>(1);
+        // The placing copy never opens a writer; the recovered one owns them.
+        let placer = Outbox::new_placer(&outbox);
+        let publisher = {
+            let telemetry = telemetry.clone();
+            std::thread::Builder::new()
+                .name("braid-publish".into())
+                .spawn_scoped(scope, move || {
+                    publish_stage(store, outbox, publications, telemetry.as_ref())
+                })
+                .expect("spawn publisher thread")
+        };
+        let counts = commit_loop(
+            store, placer, rx, shards, committed, identity, &telemetry, &tx,
+        );
+        drop(tx);
+        let published = publisher.join().unwrap_or_else(|_| {
+            Err(OutboxError::Log(LogError::Stalled {
+                topic: "(publisher thread panicked)".into(),
+                partition: 0,
+                position: 0,
+                end: 0,
+            }))
+        });
+        // A publication error explains a commit loop that stopped sending.
+        published?;
+        counts
+    })
+}
+
+/// One committed checkpoint's output, on its way to the publisher.
+struct Publication {
+    entries: Vec<OutboxEntry>,
+    /// Per entry, when its input was read (for the latency metric).
+    born: Vec<i64>,
+    /// Records per kind (for the output metric).
+    kinds: BTreeMap<&'static str, u64>,
+}
+
+/// Appends committed output, syncs it, acknowledges it; reports into the metrics.
+fn publish_stage(
+    store: &StateStore,
+    mut outbox: Outbox,
+    publications: Receiver<Publication>,
+    telemetry: Option<&Telemetry>,
+) -> Result<(), OutboxError> {
+    for p in publications {
+        if let Err(e) = outbox.publish(store, &p.entries) {
+            if let Some(t) = telemetry {
+                t.metrics.sink_errors.inc();
+            }
+            return Err(e);
+        }
+        if let Some(t) = telemetry {
+            let m = &t.metrics;
+            let now = wall_clock_ms();
+            m.outbox_depth.sub(p.entries.len() as i64);
+            for (kind, n) in &p.kinds {
+                m.output_records.with_label_values(&[kind]).inc_by(*n);
+            }
+            for b in p.born {
+                m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gathers and commits checkpoints, handing each one's output to the publisher.
+#[allow(clippy::too_many_arguments)]
+fn commit_loop(
+    store: &StateStore,
+    mut outbox: Outbox,
+    rx: Receiver<ToCommitter>,
+    shards: usize,
+    committed: &AtomicU64,
+    identity: Identity,
+    telemetry: &Option<Telemetry>,
+    publisher: &SyncSender<Publication>,
 ) -> Result<CommitCounts, OutboxError> {
     let mut late_reports = RateLimited::new("late arrivals reported");
     let slots = shards + 1;
@@ -1365,25 +1450,17 @@ fn committer_stage(
             t.health.last_checkpoint_ms.store(now, Ordering::Relaxed);
             m.state_keys.set(g.keys as i64);
             m.state_bytes.set(state_bytes as i64);
-            m.outbox_depth.set(entries.len() as i64);
+            m.outbox_depth.add(entries.len() as i64);
             m.duplicates.inc_by(g.duplicates);
         }
-        if let Err(e) = outbox.publish(store, &entries) {
-            if let Some(t) = &telemetry {
-                t.metrics.sink_errors.inc();
-            }
-            return Err(e);
-        }
-        if let Some(t) = &telemetry {
-            let m = &t.metrics;
-            let now = wall_clock_ms();
-            m.outbox_depth.set(0);
-            for (kind, n) in &kinds {
-                m.output_records.with_label_values(&[kind]).inc_by(*n);
-            }
-            for b in born {
-                m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
-            }
+        let publication = Publication {
+            entries,
+            born,
+            kinds,
+        };
+        if publisher.send(publication).is_err() {
+            // The publisher stopped on an error; joining it reports that.
+            break;
         }
         late_reports.maybe_log();
     }

@@ -152,6 +152,19 @@ impl Outbox {
         })
     }
 
+    /// A copy that places records (continuing `other`'s sequence numbers) but never
+    /// publishes, so it opens no partition writer: `other` keeps them.
+    pub fn new_placer(other: &Outbox) -> Outbox {
+        Outbox {
+            job: other.job.clone(),
+            job_json: other.job_json.clone(),
+            log: other.log.clone(),
+            topics: other.topics.clone(),
+            next_seq: other.next_seq.clone(),
+            writers: BTreeMap::new(),
+        }
+    }
+
     /// The sequence counters to checkpoint.
     pub fn counters(&self) -> &SequenceCounters {
         &self.next_seq

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    IteratorMode, Options, WriteBatch, WriteOptions,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -459,26 +459,20 @@ impl StateStore {
         up_to_seq: u64,
     ) -> Result<(), StateError> {
         self.writable("acknowledge output")?;
-        let cf = self.cf(CF_OUTBOX);
-        let prefix = keys::partition_prefix(topic, partition);
-        let mut batch = WriteBatch::default();
-        let iter = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter {
-            let (raw_key, _) = item.map_err(|e| self.rocks("acknowledging output", e))?;
-            let Some(seq_bytes) = raw_key.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            let seq =
-                keys::decode_u64(seq_bytes).map_err(|e| self.bad_key(CF_OUTBOX, &raw_key, e))?;
-            if seq > up_to_seq {
-                break;
+        // One range tombstone instead of reading every entry back to delete it: the
+        // outbox keys of a partition sort by seq, so [seq 0, up_to_seq + 1) is exactly
+        // the acknowledged part. For u64::MAX the end is one byte past the largest key.
+        let from = keys::outbox_key(topic, partition, 0);
+        let to = match up_to_seq.checked_add(1) {
+            Some(next) => keys::outbox_key(topic, partition, next),
+            None => {
+                let mut past = keys::outbox_key(topic, partition, u64::MAX);
+                past.push(0);
+                past
             }
-            batch.delete_cf(cf, &raw_key);
-        }
+        };
         self.db
-            .write(batch)
+            .delete_range_cf(self.cf(CF_OUTBOX), from, to)
             .map_err(|e| self.rocks("acknowledging output", e))
     }
 
