@@ -215,16 +215,53 @@ impl Journey {
     /// topic in source order, zeros included, so its shape does not depend on the
     /// data.
     pub fn to_json(&self) -> Vec<u8> {
+        WindowedRecord {
+            kind: "journey",
+            id: self.id,
+            key: &self.key,
+            start: self.start,
+            end: self.end,
+            events: &self.events,
+            topics: &self.topics,
+            include_payload: self.include_payload,
+            cut_by_boundary: self.cut_by_boundary,
+        }
+        .to_json()
+    }
+}
+
+/// The shape shared by correlation records over a window of events (`journey`,
+/// `window`): `{"kind","id","key","window":{"start","end"},"events":[{"topic",
+/// "partition","offset","id","time","payload"}…],"counts":{topic: n}}`, plus
+/// `"cut_by_replay_boundary":true` when the end of input closed it. `counts` lists every
+/// source topic in source order, zeros included, so the shape does not depend on the data.
+pub struct WindowedRecord<'a> {
+    pub kind: &'a str,
+    pub id: JourneyId,
+    pub key: &'a str,
+    pub start: i64,
+    pub end: i64,
+    /// In chronological order ([`RecordEvent::order_key`]).
+    pub events: &'a [RecordEvent],
+    pub topics: &'a Topics,
+    pub include_payload: bool,
+    pub cut_by_boundary: bool,
+}
+
+impl WindowedRecord<'_> {
+    pub fn to_json(&self) -> Vec<u8> {
         let payload_bytes: usize = if self.include_payload {
             self.events.iter().map(|e| e.payload.len()).sum()
         } else {
             0
         };
         let mut out = Vec::with_capacity(160 + self.events.len() * 128 + payload_bytes);
-        out.extend_from_slice(b"{\"kind\":\"journey\",\"id\":\"");
+        out.extend_from_slice(b"{\"kind\":");
+        push_json_str(&mut out, self.kind);
+        out.extend_from_slice(b",\"id\":\"");
         let _ = write!(out, "{}", self.id);
         out.extend_from_slice(b"\",\"key\":");
-        push_json_str(&mut out, &self.key);
+        push_json_str(&mut out, self.key);
         out.extend_from_slice(b",\"window\":{\"start\":");
         push_json_time(&mut out, self.start);
         out.extend_from_slice(b",\"end\":");
@@ -235,7 +272,7 @@ impl Journey {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"topic\":");
-            push_json_str(&mut out, &topic_name(&self.topics, e.source));
+            push_json_str(&mut out, &topic_name(self.topics, e.source));
             let _ = write!(
                 out,
                 ",\"partition\":{},\"offset\":{},\"id\":",

@@ -44,7 +44,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::hash::Hasher as _;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +53,7 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
 use super::{
     Checkpointed, CorrelationRecord, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics,
-    push_json_str, push_json_time, topic_name,
+    WindowedRecord,
 };
 use crate::decode::Event;
 
@@ -350,18 +349,18 @@ impl WindowOperator {
         let from = state.events.partition_point(|e| e.time < start);
         let to = state.events.partition_point(|e| e.time < end);
         let id = JourneyId::new(&self.topology, &key, start);
-        let json = render(
-            &WindowRecord {
-                id,
-                key: &key,
-                start,
-                end,
-                events: &state.events[from..to],
-                topics: &self.topics,
-                include_payload: self.include_payload,
-            },
-            self.watermark == i64::MAX,
-        );
+        let json = WindowedRecord {
+            kind: "window",
+            id,
+            key: &key,
+            start,
+            end,
+            events: &state.events[from..to],
+            topics: &self.topics,
+            include_payload: self.include_payload,
+            cut_by_boundary: self.watermark == i64::MAX,
+        }
+        .to_json();
         // Windows close in start order, so the events before the next window's start
         // have no open window left: this was their last one.
         let done = state.events.partition_point(|e| e.time < start + hop);
@@ -411,88 +410,6 @@ impl WindowOperator {
             self.cache.remove(&key);
         }
     }
-}
-
-/// A closed window, borrowed for rendering.
-struct WindowRecord<'a> {
-    id: JourneyId,
-    key: &'a str,
-    start: i64,
-    end: i64,
-    /// In chronological order ([`RecordEvent::order_key`]).
-    events: &'a [RecordEvent],
-    topics: &'a Topics,
-    include_payload: bool,
-}
-
-/// `{"kind":"window","id","key","window":{"start","end"},"events":[{"topic",
-/// "partition","offset","id","time","payload"}…],"counts":{topic: n}}`, plus
-/// `"cut_by_replay_boundary":true` when closed by the end of input. Events render as in
-/// journeys; `counts` lists every source topic in source order, zeros included.
-fn render(r: &WindowRecord<'_>, cut_by_boundary: bool) -> Vec<u8> {
-    let payload_bytes: usize = if r.include_payload {
-        r.events.iter().map(|e| e.payload.len()).sum()
-    } else {
-        0
-    };
-    let mut out = Vec::with_capacity(160 + r.events.len() * 128 + payload_bytes);
-    out.extend_from_slice(b"{\"kind\":\"window\",\"id\":\"");
-    let _ = write!(out, "{}", r.id);
-    out.extend_from_slice(b"\",\"key\":");
-    push_json_str(&mut out, r.key);
-    out.extend_from_slice(b",\"window\":{\"start\":");
-    push_json_time(&mut out, r.start);
-    out.extend_from_slice(b",\"end\":");
-    push_json_time(&mut out, r.end);
-    out.extend_from_slice(b"},\"events\":[");
-    for (i, e) in r.events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"topic\":");
-        push_json_str(&mut out, &topic_name(r.topics, e.source));
-        let _ = write!(
-            out,
-            ",\"partition\":{},\"offset\":{},\"id\":",
-            e.partition, e.offset
-        );
-        match &e.id {
-            Some(id) => push_json_str(&mut out, id),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"time\":");
-        push_json_time(&mut out, e.time);
-        if r.include_payload {
-            out.extend_from_slice(b",\"payload\":");
-            out.extend_from_slice(e.payload.as_bytes());
-        }
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"],\"counts\":{");
-    // A topic named twice (rejected by validation) is summed under its first position.
-    let mut first = true;
-    for (index, topic) in r.topics.iter().enumerate() {
-        if r.topics[..index].contains(topic) {
-            continue;
-        }
-        let n = r
-            .events
-            .iter()
-            .filter(|e| r.topics.get(usize::from(e.source)) == Some(topic))
-            .count();
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        push_json_str(&mut out, topic);
-        let _ = write!(out, ":{n}");
-    }
-    out.push(b'}');
-    if cut_by_boundary {
-        out.extend_from_slice(b",\"cut_by_replay_boundary\":true");
-    }
-    out.push(b'}');
-    out
 }
 
 impl Checkpointed for WindowOperator {
