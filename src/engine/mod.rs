@@ -22,6 +22,8 @@
 
 pub mod cache;
 pub mod session;
+#[cfg(test)]
+mod testkit;
 pub mod window;
 
 use std::fmt;

@@ -618,13 +618,12 @@ impl Operator for WindowOperator {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
     use super::*;
+    use crate::engine::testkit::{MapStore, arrivals, gen_event};
 
     const TOPOLOGY: &str = "hourly-activity";
 
@@ -1045,42 +1044,6 @@ mod tests {
 
     // ---- write-behind and eviction ----
 
-    /// Drained key states, shared by a test and the operator's loader, as postcard
-    /// bytes like the runtime's store.
-    #[derive(Clone, Default)]
-    struct MapStore {
-        states: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-        loads: Arc<AtomicUsize>,
-    }
-
-    impl KeyLoader<KeyState> for MapStore {
-        fn load(&mut self, key: &str) -> Option<KeyState> {
-            self.loads.fetch_add(1, Ordering::Relaxed);
-            let states = self.states.lock().unwrap();
-            states
-                .get(key)
-                .map(|bytes| postcard::from_bytes(bytes).unwrap())
-        }
-    }
-
-    impl MapStore {
-        fn attached_to(op: &mut WindowOperator) -> MapStore {
-            let store = MapStore::default();
-            op.set_loader(Box::new(store.clone()));
-            store
-        }
-
-        fn drain(&self, op: &mut WindowOperator, epoch: u64) {
-            let mut states = self.states.lock().unwrap();
-            op.drain_changes(epoch, &mut |key, state| {
-                match state {
-                    Some(s) => states.insert(key.into(), postcard::to_allocvec(s).unwrap()),
-                    None => states.remove(key),
-                };
-            });
-        }
-    }
-
     #[test]
     fn a_timer_of_an_evicted_key_emits_the_same_record() {
         let feed = |op: &mut WindowOperator, out: &mut Vec<Output>| {
@@ -1110,7 +1073,7 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(dups(&got), vec![3]);
         // k by its timer, k again by its event, j by its timer at end of input.
-        assert_eq!(store.loads.load(Ordering::Relaxed), 3);
+        assert_eq!(store.loads(), 3);
         assert_empty(&op);
         store.drain(&mut op, 3);
         assert!(store.states.lock().unwrap().is_empty());
@@ -1187,78 +1150,6 @@ mod tests {
 
     fn run(op: &mut WindowOperator, arrivals: &[Event], bound: i64) -> Run {
         run_with(op, arrivals, bound, |_| {})
-    }
-
-    #[derive(Debug, Clone)]
-    struct Gen {
-        key: u8,
-        source: u16,
-        partition: u32,
-        time: i64,
-        has_id: bool,
-        duplicated: bool,
-        delay: i64,
-        dup_delay: i64,
-        late: bool,
-    }
-
-    fn gen_event() -> impl Strategy<Value = Gen> {
-        (
-            (0u8..4, 0u16..3, 0u32..2, -50i64..400),
-            (any::<bool>(), prop::bool::weighted(0.2)),
-            (0i64..1000, 0i64..1000, prop::bool::weighted(0.15)),
-        )
-            .prop_map(
-                |(
-                    (key, source, partition, time),
-                    (has_id, duplicated),
-                    (delay, dup_delay, late),
-                )| Gen {
-                    key,
-                    source,
-                    partition,
-                    time,
-                    has_id,
-                    duplicated,
-                    delay,
-                    dup_delay,
-                    late,
-                },
-            )
-    }
-
-    /// The records (originals and re-sends with their own offsets) in arrival order:
-    /// delays within `bound` unless `with_late` and the event is marked late.
-    fn arrivals(gens: &[Gen], bound: i64, with_late: bool) -> Vec<Event> {
-        let mut keyed = Vec::new();
-        let mut offset = 0u64;
-        for (i, g) in gens.iter().enumerate() {
-            let delay_of = |d: i64| {
-                if with_late && g.late {
-                    bound + 1 + d % 300
-                } else {
-                    d % (bound + 1)
-                }
-            };
-            let id = g.has_id.then(|| format!("e{i}"));
-            let copies = if g.duplicated && g.has_id { 2 } else { 1 };
-            for c in 0..copies {
-                let e = Event {
-                    source: g.source,
-                    partition: g.partition,
-                    offset,
-                    key: format!("k{}", g.key),
-                    time: g.time,
-                    id: id.clone(),
-                    payload: "{}".into(),
-                };
-                let delay = delay_of(if c == 0 { g.delay } else { g.dup_delay });
-                keyed.push((g.time + delay, offset, e));
-                offset += 1;
-            }
-        }
-        keyed.sort_by_key(|(at, o, _)| (*at, *o));
-        keyed.into_iter().map(|(_, _, e)| e).collect()
     }
 
     /// Batch reference: every window of every accepted event, with all the accepted
