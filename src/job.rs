@@ -928,30 +928,25 @@ impl AnyOperator {
             .build()
             .map(AnyOperator::Session)
             .map_err(|e| failed(e.to_string())),
-            Correlation::Tumbling { size } => WindowConfig {
-                topology: plan.name.clone(),
-                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
-                size: *size,
-                hop: None,
-                grace: plan.time.grace,
-                retention: None,
-                include_payload: plan.output.include_payload,
+            // Tumbling windows are hopping windows whose hop is their size.
+            Correlation::Tumbling { size } | Correlation::Hopping { size, .. } => {
+                let hop = match &plan.correlation {
+                    Correlation::Hopping { hop, .. } => Some(*hop),
+                    _ => None,
+                };
+                WindowConfig {
+                    topology: plan.name.clone(),
+                    sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                    size: *size,
+                    hop,
+                    grace: plan.time.grace,
+                    retention: None,
+                    include_payload: plan.output.include_payload,
+                }
+                .build()
+                .map(AnyOperator::Window)
+                .map_err(|e| failed(e.to_string()))
             }
-            .build()
-            .map(AnyOperator::Window)
-            .map_err(|e| failed(e.to_string())),
-            Correlation::Hopping { size, hop } => WindowConfig {
-                topology: plan.name.clone(),
-                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
-                size: *size,
-                hop: Some(*hop),
-                grace: plan.time.grace,
-                retention: None,
-                include_payload: plan.output.include_payload,
-            }
-            .build()
-            .map(AnyOperator::Window)
-            .map_err(|e| failed(e.to_string())),
             other => Err(JobError::UnsupportedKind {
                 job: plan.name.clone(),
                 kind: other.kind(),
