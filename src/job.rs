@@ -54,7 +54,9 @@ use crate::outbox::{
     CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
 };
 use crate::replay::Range;
-use crate::state::{Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode};
+use crate::state::{
+    Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode, encode_packed,
+};
 use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
 
@@ -744,12 +746,12 @@ impl SourceStage<'_> {
                                             input.topic, input.id.partition, view.offset, dl.reason
                                         )
                                     });
-                                    out.dead.push(OutRecord {
-                                        kind: OutKind::DeadLetter,
-                                        key: view.key.clone().map(|k| buf[k].to_vec()),
-                                        value: dl.to_json(),
-                                        born_ms: now,
-                                    });
+                                    out.dead.push(OutRecord::new(
+                                        OutKind::DeadLetter,
+                                        view.key.clone().map(|k| buf[k].to_vec()),
+                                        dl.to_json(),
+                                        now,
+                                    ));
                                     counts.dead_letters += 1;
                                 }
                             }
@@ -1049,7 +1051,7 @@ impl Shard {
                         let mut deletes = Vec::new();
                         let mut encode_error = None;
                         op.drain_changes(epoch, &mut |key, state| match state {
-                            Some(s) => match encode("a key state", s) {
+                            Some(s) => match encode_packed("a key state", s) {
                                 Ok(bytes) => upserts.push((key.to_owned(), bytes)),
                                 Err(e) => encode_error = Some(e),
                             },
@@ -1100,32 +1102,32 @@ impl Shard {
                 }
                 for out in outputs.drain(..) {
                     match out {
-                        Output::Journey(j) => records.push(OutRecord {
-                            kind: OutKind::Journey,
-                            key: Some(j.key.as_bytes().to_vec()),
-                            value: j.to_json(),
-                            born_ms: slice_at,
-                        }),
+                        Output::Journey(j) => records.push(OutRecord::new(
+                            OutKind::Journey,
+                            Some(j.key.as_bytes().to_vec()),
+                            j.to_json(),
+                            slice_at,
+                        )),
                         Output::Late(l) => {
                             if let Some(m) = &self.metrics {
                                 m.lateness_ms
                                     .with_label_values(&[&*l.topic])
                                     .observe(l.lateness_ms.max(0) as f64);
                             }
-                            records.push(OutRecord {
-                                kind: OutKind::Late,
-                                key: Some(l.key.as_bytes().to_vec()),
-                                value: l.to_json(),
-                                born_ms: slice_at,
-                            })
+                            records.push(OutRecord::new(
+                                OutKind::Late,
+                                Some(l.key.as_bytes().to_vec()),
+                                l.to_json(),
+                                slice_at,
+                            ))
                         }
                         Output::Duplicate { .. } => duplicates += 1,
-                        Output::Correlation(c) => records.push(OutRecord {
-                            kind: OutKind::Journey,
-                            key: Some(c.key.as_bytes().to_vec()),
-                            value: c.json,
-                            born_ms: slice_at,
-                        }),
+                        Output::Correlation(c) => records.push(OutRecord::new(
+                            OutKind::Journey,
+                            Some(c.key.as_bytes().to_vec()),
+                            c.json,
+                            slice_at,
+                        )),
                     }
                 }
             }
@@ -1429,7 +1431,15 @@ fn commit_loop(
         };
         crash_point(CrashPoint::Commit);
         let commit_started = Instant::now();
-        store.commit(checkpoint)?;
+        let written = store.commit(checkpoint)?;
+        tracing::debug!(
+            epoch,
+            upserts = written.upserts,
+            deletes = written.deletes,
+            outbox = written.outbox,
+            bytes = written.bytes,
+            "checkpoint committed"
+        );
         let commit_seconds = commit_started.elapsed().as_secs_f64();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;

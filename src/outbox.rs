@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Log, LogError, PartitionWriter, WriterOptions, partition_for_key};
-use crate::state::{OutboxEntry, StateError, StateStore};
+use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack};
 
 /// Why output could not be published or recovered.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,16 @@ pub enum OutboxError {
     Log(#[from] LogError),
     #[error("outbox: {0}")]
     State(#[from] StateError),
+    #[error(
+        "state directory {dir}: outbox entry seq {seq} of output topic `{topic}` partition {partition} is corrupt ({reason}); restore the state directory or replay into a new one"
+    )]
+    CorruptEntry {
+        dir: PathBuf,
+        topic: String,
+        partition: u32,
+        seq: u64,
+        reason: String,
+    },
     #[error(
         "output topic `{topic}` partition {partition} holds record seq {found} of job `{job}` at offset {offset}, but this job's checkpoint only reached seq {committed}: another instance of job `{job}` is writing to this partition (run one instance per output partition)"
     )]
@@ -91,9 +101,25 @@ pub struct OutRecord {
     pub kind: OutKind,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// `value` as the outbox stores it ([`crate::state::pack`]ed, not yet stamped),
+    /// made by [`OutRecord::new`] on the thread that produced the record, so the single
+    /// committer thread does not compress.
+    stored: Vec<u8>,
     /// Wall clock (epoch ms) when the input that completed this record was read, for the
     /// end-to-end latency metric; not published.
     pub born_ms: i64,
+}
+
+impl OutRecord {
+    pub fn new(kind: OutKind, key: Option<Vec<u8>>, value: Vec<u8>, born_ms: i64) -> OutRecord {
+        OutRecord {
+            stored: pack(&value),
+            kind,
+            key,
+            value,
+            born_ms,
+        }
+    }
 }
 
 /// The next sequence number of every output partition the job has written to; part of
@@ -193,6 +219,7 @@ impl Outbox {
             seq,
             key: record.key,
             value,
+            stored: record.stored,
         }
     }
 
@@ -229,7 +256,18 @@ impl Outbox {
     /// checks that no other instance writes this job's output. `fresh` says the store
     /// holds no checkpoint yet.
     pub fn recover(&mut self, store: &StateStore, fresh: bool) -> Result<u64, OutboxError> {
-        let pending: Vec<OutboxEntry> = store.outbox().collect::<Result<_, _>>()?;
+        let mut pending: Vec<OutboxEntry> = store.outbox().collect::<Result<_, _>>()?;
+        for e in &mut pending {
+            let mut value = unpack(&e.stored).map_err(|reason| OutboxError::CorruptEntry {
+                dir: store.dir().to_path_buf(),
+                topic: e.topic.clone(),
+                partition: e.partition,
+                seq: e.seq,
+                reason,
+            })?;
+            stamp(&mut value, &self.job_json, e.seq);
+            e.value = value;
+        }
         let mut highest_committed = self.next_seq.clone();
         for e in &pending {
             let next = highest_committed
@@ -431,12 +469,12 @@ mod tests {
     }
 
     fn record(kind: OutKind, key: &str, n: u32) -> OutRecord {
-        OutRecord {
+        OutRecord::new(
             kind,
-            key: Some(key.as_bytes().to_vec()),
-            value: format!("{{\"n\":{n}}}").into_bytes(),
-            born_ms: 0,
-        }
+            Some(key.as_bytes().to_vec()),
+            format!("{{\"n\":{n}}}").into_bytes(),
+            0,
+        )
     }
 
     fn published(log: &Log, topic: &str) -> Vec<serde_json::Value> {

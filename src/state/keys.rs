@@ -22,7 +22,7 @@
 //! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap.
 
 /// Version of this layout; stored in `meta` on creation and checked on open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Column family names.
 pub const CF_META: &str = "meta";

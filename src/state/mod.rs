@@ -19,7 +19,11 @@
 //!   ack re-offers entries whose seq the publisher has already written, so the
 //!   publisher skips seqs it finds published).
 //!
-//! Values are postcard-encoded serde values; key encoding lives in [`keys`].
+//! Values are postcard-encoded serde values; key encoding lives in [`keys`]. The bulky
+//! values — key states and outbox records — are stored LZ4-compressed ([`pack`]): they
+//! are JSON-heavy and rewritten at every checkpoint that touches them, so compressing
+//! them on the threads that produce them (the shards) shrinks the batch the single
+//! committer writes, the WAL, the memtables and the flushes several times over.
 
 pub mod keys;
 
@@ -106,6 +110,43 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     postcard::to_stdvec(value).map_err(|source| StateError::Encode { what, source })
 }
 
+/// Compresses a value for the store (LZ4 block, uncompressed size prepended).
+pub fn pack(raw: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(raw)
+}
+
+/// Reverses [`pack`]. A declared size beyond what LZ4 can expand the input to is
+/// corruption, refused before allocating it.
+pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let Some((size, body)) = stored.split_first_chunk::<4>() else {
+        return Err(format!(
+            "{} bytes, too short for a packed value",
+            stored.len()
+        ));
+    };
+    let size = u32::from_le_bytes(*size) as usize;
+    // One LZ4 byte expands to at most 255 bytes.
+    if size > body.len().saturating_mul(255).saturating_add(16) {
+        return Err(format!(
+            "declares {size} bytes uncompressed from {} compressed",
+            body.len()
+        ));
+    }
+    lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())
+}
+
+/// Encodes a key state for a checkpoint upsert: postcard, then [`pack`].
+pub fn encode_packed<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StateError> {
+    Ok(pack(&encode(what, value)?))
+}
+
+fn decode_packed<T: DeserializeOwned>(stored: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(&unpack(stored)?).map_err(|e| e.to_string())
+}
+
 /// RocksDB tuning of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,7 +175,11 @@ pub struct OutboxEntry {
     /// checkpoint; the publisher uses it to skip what it has already written.
     pub seq: u64,
     pub key: Option<Vec<u8>>,
+    /// The value as published. Not stored: rebuilt from `stored` on recovery (the
+    /// outbox module owns that format), empty in entries read back from the store.
     pub value: Vec<u8>,
+    /// The value as the store keeps it.
+    pub stored: Vec<u8>,
 }
 
 /// The value part of an outbox entry as stored (topic, partition and seq are the key).
@@ -213,7 +258,12 @@ fn cf_options(name: &str, opts: &StateOptions, cache: &Cache) -> Options {
     }
     let mut cf = Options::default();
     cf.set_block_based_table_factory(&block);
-    cf.set_compression_type(DBCompressionType::Lz4);
+    // Key states and outbox records arrive packed already (see `pack`).
+    cf.set_compression_type(if name == CF_KEYS || name == CF_OUTBOX {
+        DBCompressionType::None
+    } else {
+        DBCompressionType::Lz4
+    });
     cf.set_write_buffer_size(opts.write_buffer_bytes);
     cf
 }
@@ -309,7 +359,19 @@ impl StateStore {
     /// Writes `cp` as one atomic, fsynced batch.
     pub fn commit(&self, cp: Checkpoint<'_>) -> Result<CommitStats, StateError> {
         self.writable("commit a checkpoint")?;
-        let mut batch = WriteBatch::default();
+        // Sized up front: growing a batch of tens of MB by doubling copies it repeatedly.
+        let estimate = cp
+            .upserts
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            + cp.outbox
+                .iter()
+                .map(|e| e.topic.len() + e.stored.len() + 48)
+                .sum::<usize>()
+            + cp.deletes.iter().map(|k| k.len() + 8).sum::<usize>()
+            + 4096;
+        let mut batch = WriteBatch::with_capacity_bytes(estimate);
         let keys_cf = self.cf(CF_KEYS);
         for (key, value) in &cp.upserts {
             batch.put_cf(keys_cf, keys::state_key(key), value);
@@ -332,7 +394,7 @@ impl StateStore {
         for entry in cp.outbox {
             let record = StoredRecord {
                 key: entry.key.as_deref(),
-                value: &entry.value,
+                value: &entry.stored,
             };
             batch.put_cf(
                 outbox_cf,
@@ -403,9 +465,9 @@ impl StateStore {
                     return None;
                 }
                 Some(
-                    postcard::from_bytes::<T>(&value)
+                    decode_packed::<T>(&value)
                         .map(|state| (key.to_owned(), state))
-                        .map_err(|e| self.corrupt(CF_KEYS, &raw_key, e.to_string())),
+                        .map_err(|e| self.corrupt(CF_KEYS, &raw_key, e)),
                 )
             })
     }
@@ -420,9 +482,9 @@ impl StateStore {
             .map_err(|e| self.rocks("reading a key state", e))?;
         match value {
             None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
+            Some(v) => decode_packed(&v)
                 .map(Some)
-                .map_err(|e| self.corrupt(CF_KEYS, raw_key, e.to_string())),
+                .map_err(|e| self.corrupt(CF_KEYS, raw_key, e)),
         }
     }
 
@@ -446,7 +508,8 @@ impl StateStore {
             partition,
             seq,
             key: record.key.map(<[u8]>::to_vec),
-            value: record.value.to_vec(),
+            value: Vec::new(),
+            stored: record.value.to_vec(),
         })
     }
 
@@ -666,7 +729,9 @@ mod tests {
             key: seq
                 .is_multiple_of(2)
                 .then(|| format!("k{seq}").into_bytes()),
-            value: format!("v{seq}").into_bytes(),
+            // What the store reads back: the stored form only.
+            value: Vec::new(),
+            stored: format!("v{seq}").into_bytes(),
         }
     }
 
@@ -691,9 +756,9 @@ mod tests {
         assert_eq!(store.watermarks::<Vec<i64>>().unwrap(), None);
         let cp = Checkpoint {
             upserts: vec![
-                ("alice", encode("ks", &ks(1)).unwrap()),
-                ("bob\u{0}\u{ff}", encode("ks", &ks(2)).unwrap()),
-                ("carol", encode("ks", &ks(3)).unwrap()),
+                ("alice", encode_packed("ks", &ks(1)).unwrap()),
+                ("bob\u{0}\u{ff}", encode_packed("ks", &ks(2)).unwrap()),
+                ("carol", encode_packed("ks", &ks(3)).unwrap()),
             ],
             deletes: vec![],
             positions: vec![
@@ -709,7 +774,7 @@ mod tests {
         store
             .commit(Checkpoint {
                 deletes: vec!["carol"],
-                upserts: vec![("alice", encode("ks", &ks(10)).unwrap())],
+                upserts: vec![("alice", encode_packed("ks", &ks(10)).unwrap())],
                 positions: vec![("page.viewed", 0, 50)],
                 ..Checkpoint::default()
             })
@@ -786,7 +851,7 @@ mod tests {
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
         store
             .commit(Checkpoint {
-                upserts: vec![("k", encode("key state", &state).unwrap())],
+                upserts: vec![("k", encode_packed("key state", &state).unwrap())],
                 watermarks: Some(encode("watermarks", &wm).unwrap()),
                 ..Checkpoint::default()
             })
@@ -836,7 +901,7 @@ mod tests {
                     Op::Upsert(k, v) => {
                         let name = format!("k{k}");
                         store.commit(Checkpoint {
-                            upserts: vec![(&name, encode("v", &v).unwrap())],
+                            upserts: vec![(&name, encode_packed("v", &v).unwrap())],
                             ..Checkpoint::default()
                         }).unwrap();
                         keys_model.insert(name, v);
@@ -885,7 +950,7 @@ mod tests {
                 upserts: names
                     .iter()
                     .enumerate()
-                    .map(|(i, k)| (k.as_str(), encode("ks", &ks(i as i64)).unwrap()))
+                    .map(|(i, k)| (k.as_str(), encode_packed("ks", &ks(i as i64)).unwrap()))
                     .collect(),
                 ..Checkpoint::default()
             })
@@ -922,7 +987,7 @@ mod tests {
                 let name = format!("k{i:03}");
                 store
                     .commit(Checkpoint {
-                        upserts: vec![(&name, encode("ks", &ks(i as i64)).unwrap())],
+                        upserts: vec![(&name, encode_packed("ks", &ks(i as i64)).unwrap())],
                         positions: vec![("src", 0, i)],
                         watermarks: Some(encode("wm", &i).unwrap()),
                         outbox: &[entry("out", 0, i)],
@@ -1034,7 +1099,7 @@ mod tests {
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
         store
             .commit(Checkpoint {
-                upserts: vec![("alice", encode("ks", &ks(1)).unwrap())],
+                upserts: vec![("alice", encode_packed("ks", &ks(1)).unwrap())],
                 positions: vec![("src", 0, 9)],
                 ..Checkpoint::default()
             })
