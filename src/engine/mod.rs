@@ -420,9 +420,38 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Appends an epoch-ms time as a quoted RFC 3339 UTC string with milliseconds. Times
-/// outside chrono's range (not produced by the decoder) are rendered as the number.
+/// Appends an epoch-ms time as a quoted RFC 3339 UTC string with milliseconds. Every
+/// event of every record renders its time, so years 1 to 9999 take a direct path (a
+/// civil-from-days conversion into a fixed buffer); other times go through chrono, and
+/// times outside chrono's range (not produced by the decoder) are rendered as the number.
 fn push_json_time(out: &mut Vec<u8>, ms: i64) {
+    const FIRST: i64 = -62_135_596_800_000; // 0001-01-01T00:00:00.000Z
+    const LAST: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if (FIRST..=LAST).contains(&ms) {
+        let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
+        let in_day = ms.rem_euclid(86_400_000);
+        let fields = [
+            (year as u32, 4),
+            (month, 2),
+            (day, 2),
+            ((in_day / 3_600_000) as u32, 2),
+            ((in_day / 60_000 % 60) as u32, 2),
+            ((in_day / 1_000 % 60) as u32, 2),
+            ((in_day % 1_000) as u32, 3),
+        ];
+        let mut buf = *b"\"0000-00-00T00:00:00.000Z\"";
+        let mut at = 1;
+        for (value, width) in fields {
+            let mut v = value;
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+            at += width + 1;
+        }
+        out.extend_from_slice(&buf);
+        return;
+    }
     match chrono::DateTime::from_timestamp_millis(ms) {
         Some(t) => {
             let _ = write!(out, "\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
@@ -433,9 +462,52 @@ fn push_json_time(out: &mut Vec<u8>, ms: i64) {
     }
 }
 
+/// (year, month, day) of a day count since 1970-01-01 in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`), for years 1 to 9999.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn times_render_like_chrono(ms in -70_000_000_000_000i64..260_000_000_000_000) {
+            let mut fast = Vec::new();
+            push_json_time(&mut fast, ms);
+            let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            let expected = format!("\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            proptest::prop_assert_eq!(String::from_utf8(fast).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn time_rendering_edges() {
+        for (ms, text) in [
+            (0, "\"1970-01-01T00:00:00.000Z\""),
+            (-1, "\"1969-12-31T23:59:59.999Z\""),
+            (951_782_400_000, "\"2000-02-29T00:00:00.000Z\""),
+            (-62_135_596_800_000, "\"0001-01-01T00:00:00.000Z\""),
+            (253_402_300_799_999, "\"9999-12-31T23:59:59.999Z\""),
+            (253_402_300_800_000, "\"+10000-01-01T00:00:00.000Z\""),
+            (i64::MAX, "9223372036854775807"),
+        ] {
+            let mut out = Vec::new();
+            push_json_time(&mut out, ms);
+            assert_eq!(String::from_utf8(out).unwrap(), text, "{ms}");
+        }
+    }
 
     #[test]
     fn journey_id_is_stable_and_separates_fields() {

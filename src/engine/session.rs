@@ -227,11 +227,40 @@ pub struct EmittedSession {
 /// overlap, and without `max_duration` any two of either list are more than `gap`
 /// apart; every session spans less than `max_duration`; `seen` holds exactly the
 /// fingerprints of the events with an id in `open` and `emitted`.
+///
+/// `seen` is not stored: it follows from the rest (the invariant), and its 128-bit
+/// fingerprints are the one part of a key state that does not compress, rewritten at
+/// every checkpoint that touches the key. It is rebuilt when a state is read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredKeyState")]
 pub struct KeyState {
     pub open: Vec<OpenSession>,
     pub emitted: Vec<EmittedSession>,
+    #[serde(skip_serializing)]
     pub seen: HashSet<u128>,
+}
+
+/// A [`KeyState`] as stored: without `seen`.
+#[derive(Deserialize)]
+struct StoredKeyState {
+    open: Vec<OpenSession>,
+    emitted: Vec<EmittedSession>,
+}
+
+impl From<StoredKeyState> for KeyState {
+    fn from(StoredKeyState { open, emitted }: StoredKeyState) -> KeyState {
+        let open_ids = open
+            .iter()
+            .flat_map(|s| &s.events)
+            .filter_map(|e| e.id.as_deref().map(|id| fingerprint(e.source, id)));
+        let emitted_ids = emitted.iter().flat_map(|s| s.fingerprints.iter().copied());
+        let seen = open_ids.chain(emitted_ids).collect();
+        KeyState {
+            open,
+            emitted,
+            seen,
+        }
+    }
 }
 
 impl CacheState for KeyState {

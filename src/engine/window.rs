@@ -215,12 +215,46 @@ pub struct EmittedWindow {
 /// sorted and disjoint; every open window holds at least one event of `events`; `seen`
 /// holds exactly the fingerprints of the events with an id in `events` and in
 /// `emitted`.
+///
+/// `seen` is not stored but rebuilt when a state is read back, as for sessions
+/// ([`super::session::KeyState`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredKeyState")]
 pub struct KeyState {
     pub events: Vec<RecordEvent>,
     pub open: Vec<i64>,
     pub emitted: Vec<EmittedWindow>,
+    #[serde(skip_serializing)]
     pub seen: HashSet<u128>,
+}
+
+/// A [`KeyState`] as stored: without `seen`.
+#[derive(Deserialize)]
+struct StoredKeyState {
+    events: Vec<RecordEvent>,
+    open: Vec<i64>,
+    emitted: Vec<EmittedWindow>,
+}
+
+impl From<StoredKeyState> for KeyState {
+    fn from(stored: StoredKeyState) -> KeyState {
+        let StoredKeyState {
+            events,
+            open,
+            emitted,
+        } = stored;
+        let kept = events
+            .iter()
+            .filter_map(|e| e.id.as_deref().map(|id| fingerprint(e.source, id)));
+        let emitted_ids = emitted.iter().flat_map(|w| w.fingerprints.iter().copied());
+        let seen = kept.chain(emitted_ids).collect();
+        KeyState {
+            events,
+            open,
+            emitted,
+            seen,
+        }
+    }
 }
 
 impl CacheState for KeyState {
