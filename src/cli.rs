@@ -134,6 +134,21 @@ enum Command {
         after_help = "POS is beginning, end, offset:N or timestamp:RFC3339, for all sources, one topic\n(TOPIC=POS) or one partition (TOPIC/PARTITION=POS); the most specific one wins.\nThe replay uses its own state directory (a temporary one unless --state) and writes to\nits own output topics (prefixed `replay.` unless told otherwise).\n\nExamples:\n  braid replay topologies/customer_journey.toml --from beginning\n  braid replay topologies/customer_journey.toml --from timestamp:2026-01-05T08:00:00Z --to timestamp:2026-01-05T09:00:00Z\n  braid replay topologies/customer_journey.toml --from page.viewed/2=offset:7 --from beginning --output-prefix fix.\n  braid replay topologies/customer_journey.toml --from beginning --state data/replay-1 --resume"
     )]
     Replay(ReplayArgs),
+    /// Show a job's checkpointed state: positions and lag, watermark, pending output, open
+    /// windows or correlations (read-only; works while the job runs).
+    #[command(
+        after_help = "Examples:\n  braid inspect topologies/order_fulfillment.toml\n  braid inspect topologies/customer_journey.toml --state data/state/cj --json"
+    )]
+    Inspect {
+        /// The topology file.
+        topology: PathBuf,
+        /// The state directory (default: the topology's).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and JSON-parse every source record of a topology (the benchmarks' baseline).
     #[command(after_help = "Example:\n  braid scan topologies/customer_journey.toml")]
     Scan {
@@ -336,11 +351,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Replay(args) => replay(cli.log.as_deref(), args),
         Command::Validate { file } => validate(&file),
+        Command::Inspect {
+            topology,
+            state,
+            json,
+        } => inspect(cli.log.as_deref(), &topology, state, json),
         Command::Scan {
             topology,
             summary_json,
         } => scan(cli.log.as_deref(), &topology, summary_json.as_deref()),
     }
+}
+
+fn inspect(
+    log_override: Option<&std::path::Path>,
+    file: &std::path::Path,
+    state: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut plan = load_plan(file)?;
+    if let Some(dir) = state {
+        plan.state = dir;
+    }
+    let store = crate::state::StateStore::open_read_only(&plan.state)?;
+    // The log only adds end offsets (lag); a report without them beats no report.
+    let log = plan_log(log_override, &plan).ok();
+    let report = crate::inspect::inspect(&plan, &store, log.as_ref())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn load_plan(file: &std::path::Path) -> anyhow::Result<topology::Plan> {

@@ -160,21 +160,29 @@ impl Summary {
     }
 }
 
-/// What the committer checkpoints besides state, positions and outbox.
+/// What the committer checkpoints besides state, positions and outbox (read by
+/// `braid inspect` too: [`JobSnapshot::read`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct JobSnapshot {
+pub struct JobSnapshot {
     /// The last committed checkpoint's number.
-    epoch: u64,
-    watermarks: WatermarkSnapshot,
+    pub epoch: u64,
+    pub watermarks: WatermarkSnapshot,
     /// Next output sequence number per output topic/partition.
-    sequences: Vec<(String, u32, u64)>,
+    pub sequences: Vec<(String, u32, u64)>,
     /// A replay's end offsets, kept so that a resumed replay ends where it would have.
-    ends: Vec<(String, u32, u64)>,
+    pub ends: Vec<(String, u32, u64)>,
     /// The name stamped on published records (the job's, or a replay's own).
-    producer: String,
+    pub producer: String,
     /// The output topics (journeys, late, dead letters), so that a resumed replay
     /// continues into the topics it started with.
-    outputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+impl JobSnapshot {
+    /// The snapshot of the last committed checkpoint, if there is one.
+    pub fn read(store: &StateStore) -> Result<Option<JobSnapshot>, StateError> {
+        store.watermarks()
+    }
 }
 
 /// A message from the source stage to a shard.

@@ -34,6 +34,8 @@
 //!   once (sequence numbers per output partition, recovery by reading their tails).
 //! - [`job`]: the runtime that wires source → decode → watermarks → sharded operators →
 //!   checkpoint → outbox on threads joined by bounded channels; `braid run`.
+//! - [`inspect`]: `braid inspect`, a read-only report of a job's state directory
+//!   (positions and lag, watermark, pending output, open windows and what they wait for).
 //! - [`replay`]: a replay's range (`--from`/`--to` per source, topic or partition) and
 //!   its isolation from the live job (own state directory, own output topics).
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
@@ -48,6 +50,7 @@ pub mod cli;
 pub mod datagen;
 pub mod decode;
 pub mod engine;
+pub mod inspect;
 pub mod job;
 pub mod log;
 pub mod metrics;

@@ -746,3 +746,64 @@ fn a_restart_refuses_a_changed_fingerprint_and_a_lost_state_word_for_word() {
     // Refusing published nothing.
     assert_eq!(job.outputs().total(), output.total());
 }
+
+/// `braid inspect --json` of the job's state directory.
+fn inspect(job: &Job) -> Value {
+    let mut cmd = job.braid(&["inspect", "--json"]);
+    cmd.arg(&job.topology);
+    let out = common::ok(common::output_within(cmd, LIMIT));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn inspect_reads_the_state_while_the_job_runs_and_after_it() {
+    let job = Job::new(LARGE);
+    job.create_outputs();
+    let watcher = job.watch_outputs();
+    let partitions: u64 = ["page.viewed", "cart.updated", "order.placed"]
+        .iter()
+        .map(|t| u64::from(job.log().topic(t).unwrap().partitions))
+        .sum();
+    let mut child = job.spawn(&[], &[]);
+    let status = common::await_exit_or(&mut child, &watcher, LIMIT, || job.output_records() > 0);
+    let live = inspect(&job);
+    if status.is_none() {
+        // Output appears only after a committed checkpoint, and a run of LARGE that is
+        // still going has customers with open sessions in it.
+        assert!(n(&live["checkpoint"]) >= 1, "{live}");
+        assert!(n(&live["open"]) > 0 && n(&live["keys"]) > 0, "{live}");
+        assert!(live["oldest"]["key"].is_string(), "{live}");
+    }
+    assert_eq!(
+        live["positions"].as_array().unwrap().len() as u64,
+        partitions
+    );
+    let status = common::await_exit_or(&mut child, &watcher, LIMIT, || false).expect("exited");
+    assert_eq!(status.code(), Some(0), "{}", job.stderr());
+
+    let done = inspect(&job);
+    // The end of a bounded run closes everything but checkpoints the watermark the data
+    // gave, so that a later run over the same state goes on from there.
+    let watermark = done["job_watermark_ms"].as_i64().unwrap();
+    assert!(watermark > 0 && watermark < i64::MAX, "{done}");
+    assert_eq!(
+        (
+            n(&done["open"]),
+            n(&done["keys"]),
+            n(&done["pending_output"])
+        ),
+        (0, 0, 0),
+        "{done}"
+    );
+    for p in done["positions"].as_array().unwrap() {
+        assert_eq!(p["next_offset"], p["end_offset"], "{p}");
+        assert_eq!(n(&p["lag"]), 0, "{p}");
+    }
+    let mut cmd = job.braid(&["inspect"]);
+    cmd.arg(&job.topology);
+    let text = common::ok(common::output_within(cmd, LIMIT));
+    assert!(
+        text.contains("output not yet published: 0\nopen sessions: 0 over 0 keys\n"),
+        "{text}"
+    );
+}

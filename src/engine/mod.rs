@@ -82,6 +82,23 @@ pub trait Checkpointed {
     fn keys_with_state(&self) -> usize;
 }
 
+/// One open window or correlation, as `braid inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenItem {
+    /// Window start or first event time, epoch ms.
+    pub start: i64,
+    /// Events it holds so far, when the state alone tells.
+    pub events: Option<usize>,
+    /// Source indexes of the parts it still waits for (`complete`); empty otherwise.
+    pub missing: Vec<u16>,
+}
+
+/// Implemented by every kind's per-key state, for `braid inspect`.
+pub trait Inspect {
+    /// Adds the key's open windows or correlations to `out`.
+    fn open_items(&self, out: &mut Vec<OpenItem>);
+}
+
 /// What an operator produces; the runtime later turns these into output-topic records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

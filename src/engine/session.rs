@@ -240,6 +240,16 @@ pub struct KeyState {
     pub seen: HashSet<u128>,
 }
 
+impl super::Inspect for KeyState {
+    fn open_items(&self, out: &mut Vec<super::OpenItem>) {
+        out.extend(self.open.iter().map(|s| super::OpenItem {
+            start: s.first,
+            events: Some(s.events.len()),
+            missing: Vec::new(),
+        }));
+    }
+}
+
 /// A [`KeyState`] as stored: without `seen`.
 #[derive(Deserialize)]
 struct StoredKeyState {

@@ -228,6 +228,17 @@ pub struct KeyState {
     pub seen: HashSet<u128>,
 }
 
+impl super::Inspect for KeyState {
+    /// Events are kept once per key, not per window, so counts are not given.
+    fn open_items(&self, out: &mut Vec<super::OpenItem>) {
+        out.extend(self.open.iter().map(|&start| super::OpenItem {
+            start,
+            events: None,
+            missing: Vec::new(),
+        }));
+    }
+}
+
 /// A [`KeyState`] as stored: without `seen`.
 #[derive(Deserialize)]
 struct StoredKeyState {
