@@ -1045,6 +1045,7 @@ impl Shard {
         let mut slice_at = wall_clock_ms();
         // What this shard last added to the shared gauges.
         let (mut open_reported, mut cached_reported) = (0i64, 0i64);
+        let mut counts_reported = crate::engine::cache::CacheCounts::default();
         for batch in rx {
             for msg in batch {
                 match msg {
@@ -1105,6 +1106,17 @@ impl Shard {
                                 .add(open - open_reported);
                             m.cached_keys.add(cached - cached_reported);
                             (open_reported, cached_reported) = (open, cached);
+                            let counts = op.cache_counts();
+                            for (result, now, before) in [
+                                ("hit", counts.hits, counts_reported.hits),
+                                ("read_back", counts.read_back, counts_reported.read_back),
+                                ("new", counts.new, counts_reported.new),
+                            ] {
+                                m.cache_lookups
+                                    .with_label_values(&[result])
+                                    .inc_by(now - before);
+                            }
+                            counts_reported = counts;
                         }
                     }
                 }

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub state_keys: IntGauge,
     pub state_bytes: IntGauge,
     pub cached_keys: IntGauge,
+    pub cache_lookups: IntCounterVec,
     pub output_records: IntCounterVec,
     pub duplicates: IntCounter,
     pub lateness_ms: HistogramVec,
@@ -154,6 +155,13 @@ impl Metrics {
             cached_keys: register!(IntGauge::new(
                 "state_cached_keys",
                 "Keys whose state is in memory (the rest is read back from RocksDB)"
+            )?),
+            cache_lookups: register!(IntCounterVec::new(
+                Opts::new(
+                    "state_cache_lookups_total",
+                    "Key state lookups per result: hit (in memory), read_back (evicted, read from RocksDB), new (no state)"
+                ),
+                &["result"]
             )?),
             output_records: register!(IntCounterVec::new(
                 Opts::new("output_records_total", "Records published, per kind"),

@@ -184,6 +184,16 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
     assert!(sum(&body, "braid_watermark_ms") > 1.7e12);
     assert!(sum(&body, "braid_checkpoints_total") >= 1.0);
     assert_eq!(sum(&body, "braid_outbox_depth"), 0.0);
+    // Key lookups: new customers and returning ones, nothing evicted at this size.
+    let lookups = samples(&body, "braid_state_cache_lookups_total");
+    let result = |r: &str| {
+        lookups
+            .iter()
+            .find(|(labels, _)| labels.contains(&format!("result=\"{r}\"")))
+            .map_or(0.0, |(_, v)| *v)
+    };
+    assert!(result("new") > 0.0 && result("hit") > 0.0, "{lookups:?}");
+    assert_eq!(result("read_back"), 0.0, "{lookups:?}");
 
     // SIGTERM: a clean stop.
     let pid = child.id().to_string();

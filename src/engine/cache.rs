@@ -45,6 +45,18 @@ pub trait CacheState {
     fn is_empty(&self) -> bool;
 }
 
+/// How [`KeyCache::get_mut`] lookups went, since the cache was made (for the cache hit
+/// ratio metric: `hits / (hits + read_back)`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// The state was in memory.
+    pub hits: u64,
+    /// The key was evicted: its state was read back from the store (or found gone).
+    pub read_back: u64,
+    /// The key had no state; no store read.
+    pub new: u64,
+}
+
 /// The installed loader; a newtype only so the cache can stay `Debug`.
 struct Loader<S>(Option<Box<dyn KeyLoader<S>>>);
 
@@ -87,6 +99,7 @@ pub struct KeyCache<S> {
     /// Highest epoch drained so far.
     last_drain: u64,
     loader: Loader<S>,
+    counts: CacheCounts,
 }
 
 /// What [`KeyCache::get_mut`] found.
@@ -156,6 +169,7 @@ impl<S> Default for KeyCache<S> {
             drain_order: VecDeque::new(),
             last_drain: 0,
             loader: Loader(None),
+            counts: CacheCounts::default(),
         }
     }
 }
@@ -170,6 +184,11 @@ impl<S: CacheState> KeyCache<S> {
     /// evicted ([`KeyCache::evict`] is a no-op) and no load is attempted.
     pub fn set_loader(&mut self, loader: Box<dyn KeyLoader<S>>) {
         self.loader = Loader(Some(loader));
+    }
+
+    /// How lookups went so far.
+    pub fn counts(&self) -> CacheCounts {
+        self.counts
     }
 
     /// Keys whose state is in memory now.
@@ -191,18 +210,28 @@ impl<S: CacheState> KeyCache<S> {
     pub fn get_mut(&mut self, key: &str) -> Lookup<'_, S> {
         // The evicted set is checked first (it is disjoint from `keys`) so the cached
         // case is a single hash lookup that can be returned directly.
+        let mut read_back = false;
         if !self.evicted.is_empty()
             && let Some(evicted) = self.evicted.take(key)
-            && !self.load(evicted)
         {
-            return Lookup::Lost;
+            read_back = true;
+            self.counts.read_back += 1;
+            if !self.load(evicted) {
+                return Lookup::Lost;
+            }
         }
         match self.keys.get_mut(key) {
-            Some(cached) => Lookup::Found(Entry {
-                cached,
-                dirty: &mut self.dirty,
-            }),
-            None => Lookup::New,
+            Some(cached) => {
+                self.counts.hits += u64::from(!read_back);
+                Lookup::Found(Entry {
+                    cached,
+                    dirty: &mut self.dirty,
+                })
+            }
+            None => {
+                self.counts.new += 1;
+                Lookup::New
+            }
         }
     }
 
@@ -519,6 +548,16 @@ mod tests {
         assert_eq!((cache.cached_len(), cache.len_with_evicted()), (51, 51));
         // Read back clean: nothing to report for it.
         assert!(drain(&mut cache, 2).iter().all(|(k, _)| k != "old"));
+        // Two lookups per new key above (found, then set), one for "old" at first.
+        assert_eq!(found(&mut cache, "old"), Some(1));
+        assert_eq!(
+            cache.counts(),
+            CacheCounts {
+                hits: 1,
+                read_back: 1,
+                new: 101
+            }
+        );
     }
 
     #[test]

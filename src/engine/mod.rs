@@ -80,6 +80,10 @@ pub trait Checkpointed {
     fn cached_keys(&self) -> usize;
     /// Keys that have any state, cached or evicted.
     fn keys_with_state(&self) -> usize;
+    /// How the key cache's lookups went so far (zeros for an operator without one).
+    fn cache_counts(&self) -> cache::CacheCounts {
+        cache::CacheCounts::default()
+    }
 }
 
 /// One open window or correlation, as `braid inspect` shows it.

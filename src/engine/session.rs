@@ -560,6 +560,10 @@ impl Checkpointed for SessionOperator {
         self.cache.evict(max_cached, committed_epoch)
     }
 
+    fn cache_counts(&self) -> super::cache::CacheCounts {
+        self.cache.counts()
+    }
+
     fn cached_keys(&self) -> usize {
         self.cache.cached_len()
     }

@@ -505,6 +505,10 @@ impl Checkpointed for WindowOperator {
         self.cache.evict(max_cached, committed_epoch)
     }
 
+    fn cache_counts(&self) -> super::cache::CacheCounts {
+        self.cache.counts()
+    }
+
     fn cached_keys(&self) -> usize {
         self.cache.cached_len()
     }
