@@ -51,7 +51,7 @@ use crate::engine::{
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
 use crate::outbox::{
-    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point,
+    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point, stall_point,
 };
 use crate::replay::Range;
 use crate::state::{
@@ -1450,6 +1450,7 @@ fn commit_loop(
             outbox: &entries,
         };
         crash_point(CrashPoint::Commit);
+        stall_point(CrashPoint::Commit);
         let commit_started = Instant::now();
         let written = store.commit(checkpoint)?;
         tracing::debug!(

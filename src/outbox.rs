@@ -451,6 +451,32 @@ pub fn crash_point(point: CrashPoint) {
     }
 }
 
+/// A test hook: with `BRAID_STALL_AT=<point>:<n>:<ms>` the thread waits `ms`
+/// milliseconds the n-th time it reaches that point (to show `/readyz` turning unready
+/// while checkpoints stall). Unset, this is one relaxed atomic load.
+pub fn stall_point(point: CrashPoint) {
+    static PLAN: OnceLock<Option<(String, u64, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let plan = PLAN.get_or_init(|| {
+        let text = std::env::var("BRAID_STALL_AT").ok()?;
+        let mut parts = text.splitn(3, ':');
+        let name = parts.next()?.to_owned();
+        Some((
+            name,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        ))
+    });
+    if let Some((name, n, ms)) = plan
+        && name == point.name()
+        && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == *n
+    {
+        tracing::warn!(point = %name, n, ms, "BRAID_STALL_AT reached: stalling");
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+        tracing::warn!(point = %name, n, "BRAID_STALL_AT: going on");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

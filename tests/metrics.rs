@@ -273,3 +273,89 @@ fn json_logs_parse_and_carry_counts() {
         "{last}"
     );
 }
+
+#[test]
+fn readyz_turns_unready_while_checkpoints_stall_and_ready_again_after() {
+    let t = TempLog::new();
+    ok(t.braid()
+        .args([
+            "gen",
+            "--events",
+            "3000",
+            "--customers",
+            "300",
+            "--seed",
+            "4",
+        ])
+        .arg("--no-fulfilment")
+        .output()
+        .unwrap());
+    let topo = topology(&t);
+    let text = std::fs::read_to_string(&topo).unwrap();
+    std::fs::write(
+        &topo,
+        text.replace("max_records = 2000", "interval = \"100ms\""),
+    )
+    .unwrap();
+    let addr = free_port();
+    // The third commit waits 7 s; readiness allows max(3 × 100 ms, 5 s) without one.
+    let mut child = t
+        .braid()
+        .env("BRAID_LOG", "info,braid=debug")
+        .env("BRAID_STALL_AT", "commit:3:7000")
+        .args(["--log-format", "json", "run"])
+        .arg(&topo)
+        .args(["--metrics-addr", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let await_line = |what: &str, matches: &dyn Fn(&Value) -> bool| loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line: {what}"));
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && matches(&v["fields"])
+        {
+            break;
+        }
+    };
+    let message = |m: &'static str| move |f: &Value| f["message"] == m;
+    await_line("stalling", &message("BRAID_STALL_AT reached: stalling"));
+    let stalled_at = Instant::now();
+    // Commit 2 was a moment ago: still ready.
+    assert_eq!(get(addr, "/readyz").0, "HTTP/1.1 200 OK");
+    // Readiness depends on time passing, nothing to await but the clock.
+    std::thread::sleep(
+        (stalled_at + Duration::from_millis(5_500)).saturating_duration_since(Instant::now()),
+    );
+    let (status, body) = get(addr, "/readyz");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(
+        body.starts_with("not ready: last checkpoint ")
+            && body.ends_with(" ms ago (limit 5000 ms)\n"),
+        "{body}"
+    );
+    assert_eq!(
+        get(addr, "/healthz").0,
+        "HTTP/1.1 200 OK",
+        "alive all along"
+    );
+    await_line("commit 3", &|f: &Value| {
+        f["message"] == "checkpoint committed" && f["epoch"] == 3
+    });
+    assert_eq!(
+        get(addr, "/readyz"),
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
