@@ -55,7 +55,7 @@ use crate::outbox::{
 };
 use crate::replay::Range;
 use crate::state::{
-    Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode, encode_packed,
+    Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode, encode_packed_with,
 };
 use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
@@ -1046,6 +1046,7 @@ impl Shard {
         // What this shard last added to the shared gauges.
         let (mut open_reported, mut cached_reported) = (0i64, 0i64);
         let mut counts_reported = crate::engine::cache::CacheCounts::default();
+        let mut scratch = Vec::new();
         for batch in rx {
             for msg in batch {
                 match msg {
@@ -1060,7 +1061,7 @@ impl Shard {
                         let mut deletes = Vec::new();
                         let mut encode_error = None;
                         op.drain_changes(epoch, &mut |key, state| match state {
-                            Some(s) => match encode_packed("a key state", s) {
+                            Some(s) => match encode_packed_with(&mut scratch, "a key state", s) {
                                 Ok(bytes) => upserts.push((key.to_owned(), bytes)),
                                 Err(e) => encode_error = Some(e),
                             },

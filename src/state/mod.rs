@@ -140,7 +140,24 @@ pub fn encode_packed<T: Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StateError> {
-    Ok(pack(&encode(what, value)?))
+    encode_packed_with(&mut Vec::new(), what, value)
+}
+
+/// [`encode_packed`] through a scratch buffer the caller keeps: a checkpoint encodes
+/// tens of thousands of states, and growing a fresh buffer for each copies every one
+/// several times over.
+pub fn encode_packed_with<T: Serialize + ?Sized>(
+    scratch: &mut Vec<u8>,
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StateError> {
+    let mut buf = std::mem::take(scratch);
+    buf.clear();
+    let buf =
+        postcard::to_extend(value, buf).map_err(|source| StateError::Encode { what, source })?;
+    let packed = pack(&buf);
+    *scratch = buf;
+    Ok(packed)
 }
 
 fn decode_packed<T: DeserializeOwned>(stored: &[u8]) -> Result<T, String> {
