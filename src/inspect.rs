@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Inspect, OpenItem, session, window};
+use crate::engine::{Inspect, OpenItem, complete, session, window};
 use crate::job::JobSnapshot;
 use crate::log::{Log, LogError};
 use crate::state::{StateError, StateStore};
@@ -99,9 +99,19 @@ pub fn inspect(plan: &Plan, store: &StateStore, log: Option<&Log>) -> Result<Rep
         });
     }
     let open = match &plan.correlation {
-        Correlation::Session { .. } => scan::<session::KeyState>(store)?,
+        Correlation::Session { .. } => scan::<session::KeyState>(store, &[])?,
         Correlation::Tumbling { .. } | Correlation::Hopping { .. } => {
-            scan::<window::KeyState>(store)?
+            scan::<window::KeyState>(store, &[])?
+        }
+        Correlation::Complete { required, .. } => {
+            let indexes: Vec<u16> = plan
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| required.contains(&s.topic))
+                .map(|(i, _)| i as u16)
+                .collect();
+            scan::<complete::KeyState>(store, &indexes)?
         }
         // Kinds whose state this version cannot read show positions and output only.
         _ => Scan::default(),
@@ -150,14 +160,17 @@ fn older(candidate: &Open, than: Option<&Open>) -> bool {
     than.is_none_or(|o| (candidate.start_ms, &candidate.key) < (o.start_ms, &o.key))
 }
 
-fn scan<S: DeserializeOwned + Inspect>(store: &StateStore) -> Result<Scan, StateError> {
+fn scan<S: DeserializeOwned + Inspect>(
+    store: &StateStore,
+    required: &[u16],
+) -> Result<Scan, StateError> {
     let mut scan = Scan::default();
     let mut items: Vec<OpenItem> = Vec::new();
     for entry in store.keys::<S, _>(|_| true) {
         let (key, state) = entry?;
         scan.keys += 1;
         items.clear();
-        state.open_items(&mut items);
+        state.open_items(required, &mut items);
         for item in &items {
             scan.open += 1;
             let open = Open {

@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
 use crate::engine::{
-    Checkpointed, KeyLoader, Operator, Output, SessionConfig, SessionOperator, WindowConfig,
-    WindowOperator,
+    Checkpointed, CompleteConfig, CompleteOperator, KeyLoader, Operator, Output, SessionConfig,
+    SessionOperator, WindowConfig, WindowOperator,
 };
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
@@ -82,7 +82,7 @@ pub enum JobError {
         source: Box<OutboxError>,
     },
     #[error(
-        "job {job}: correlation kind `{kind}` is not available yet in this version (available: session, tumbling, hopping)"
+        "job {job}: correlation kind `{kind}` is not available yet in this version (available: session, complete, tumbling, hopping)"
     )]
     UnsupportedKind { job: String, kind: &'static str },
     #[error(
@@ -917,6 +917,7 @@ enum AnyOperator {
     Session(SessionOperator),
     /// `tumbling` and `hopping` (tumbling is hopping with `hop = size`).
     Window(WindowOperator),
+    Complete(CompleteOperator),
 }
 
 impl AnyOperator {
@@ -957,6 +958,25 @@ impl AnyOperator {
                 .map(AnyOperator::Window)
                 .map_err(|e| failed(e.to_string()))
             }
+            Correlation::Complete {
+                required,
+                optional,
+                timeout,
+                deadlines,
+            } => CompleteConfig {
+                topology: plan.name.clone(),
+                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                required: required.clone(),
+                optional: optional.clone(),
+                timeout: *timeout,
+                deadlines: deadlines.clone(),
+                grace: plan.time.grace,
+                retention: None,
+                include_payload: plan.output.include_payload,
+            }
+            .build()
+            .map(AnyOperator::Complete)
+            .map_err(|e| failed(e.to_string())),
             other => Err(JobError::UnsupportedKind {
                 job: plan.name.clone(),
                 kind: other.kind(),
@@ -974,6 +994,7 @@ impl AnyOperator {
         match self {
             AnyOperator::Session(op) => thread.spawn(move || shard.run(op, rx)),
             AnyOperator::Window(op) => thread.spawn(move || shard.run(op, rx)),
+            AnyOperator::Complete(op) => thread.spawn(move || shard.run(op, rx)),
         }
         .expect("spawn shard thread")
     }
@@ -1144,7 +1165,7 @@ impl Shard {
                         }
                         Output::Duplicate { .. } => duplicates += 1,
                         Output::Correlation(c) => records.push(OutRecord::new(
-                            OutKind::Journey,
+                            OutKind::Record(c.kind),
                             Some(c.key.as_bytes().to_vec()),
                             c.json,
                             slice_at,

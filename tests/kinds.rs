@@ -199,3 +199,103 @@ fn hopping_windows_hold_each_accepted_event_at_least_once() {
         n(&summary["records_in"])
     );
 }
+
+#[test]
+fn order_fulfillment_accounts_for_every_part_and_names_what_is_missing() {
+    let t = TempLog::new();
+    ok(t.braid()
+        .args([
+            "gen",
+            "--events",
+            "3000",
+            "--customers",
+            "200",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .unwrap());
+    let topology = shipped(&t, "order_fulfillment.toml", None);
+    let summary = run_bounded(&t, &topology);
+    let n = |v: &Value| v.as_u64().unwrap();
+    let sources = [
+        "payment.processed",
+        "inventory.reserved",
+        "shipment.created",
+    ];
+    let input: usize = sources.iter().map(|s| read_topic(&t.log, s).len()).sum();
+    assert_eq!(n(&summary["records_in"]), input as u64);
+
+    let records = values(&t, "order.fulfillment");
+    let late = values(&t, "order.fulfillment.late");
+    let dlq = values(&t, "order.fulfillment.dlq");
+    assert_eq!(records.len() as u64, n(&summary["journeys"]));
+    assert_eq!(late.len() as u64, n(&summary["late"]));
+    let mut ids = BTreeSet::new();
+    let mut distinct = BTreeSet::new();
+    let mut in_records = 0;
+    let mut kinds = std::collections::BTreeMap::new();
+    for (key, r) in &records {
+        let kind = r["kind"].as_str().unwrap();
+        *kinds.entry(kind).or_insert(0) += 1;
+        assert_eq!(key.as_deref(), r["key"].as_str());
+        assert!(ids.insert(r["id"].as_str().unwrap().to_string()), "{r}");
+        let events = r["events"].as_array().unwrap();
+        let times: Vec<i64> = events.iter().map(|e| ms(&e["time"])).collect();
+        assert!(times.is_sorted(), "chronological: {r}");
+        assert!(ms(&r["window"]["start"]) <= times[times.len() - 1]);
+        let elapsed = times[times.len() - 1] - times.iter().min().unwrap();
+        assert_eq!(r["elapsed_ms"].as_i64(), Some(elapsed), "{r}");
+        let counts = r["counts"].as_object().unwrap();
+        assert_eq!(
+            counts.values().map(|c| c.as_u64().unwrap()).sum::<u64>(),
+            events.len() as u64
+        );
+        let missing: Vec<&str> = r["missing"]
+            .as_array()
+            .map(|m| m.iter().map(|t| t.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        match kind {
+            "complete" => {
+                assert!(missing.is_empty(), "{r}");
+                assert!(
+                    sources.iter().all(|s| counts[*s].as_u64() >= Some(1)),
+                    "{r}"
+                );
+            }
+            "incomplete" => {
+                assert!(!missing.is_empty(), "{r}");
+                // Parts past their deadline are reported late, never listed here.
+                assert!(missing.iter().all(|m| counts[*m] == 0), "{r}");
+                assert!(r["waited_ms"].as_i64().unwrap() > 0);
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+        for e in events {
+            distinct.insert((
+                e["topic"].as_str().unwrap().to_string(),
+                e["partition"].as_u64().unwrap(),
+                e["offset"].as_u64().unwrap(),
+            ));
+        }
+        in_records += events.len() as u64;
+    }
+    assert_eq!(in_records, distinct.len() as u64, "each part in one record");
+    assert_eq!(
+        in_records + late.len() as u64 + n(&summary["duplicates"]) + dlq.len() as u64,
+        n(&summary["records_in"])
+    );
+    assert!(
+        kinds["complete"] > 0 && kinds["incomplete"] > 0,
+        "{kinds:?}"
+    );
+    assert!(
+        !late.is_empty(),
+        "delayed parts arrive after their order was reported"
+    );
+    for (_, l) in &late {
+        if let Some(id) = l["would_join"].as_str() {
+            assert!(ids.contains(id), "late part names an emitted record: {l}");
+        }
+    }
+}

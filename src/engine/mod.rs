@@ -21,6 +21,7 @@
 //! recovery are written once for every correlation kind.
 
 pub mod cache;
+pub mod complete;
 pub mod session;
 #[cfg(test)]
 mod testkit;
@@ -37,6 +38,7 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use crate::decode::Event;
 
 pub use cache::KeyLoader;
+pub use complete::{CompleteConfig, CompleteConfigError, CompleteOperator};
 pub use session::{SessionConfig, SessionConfigError, SessionOperator};
 pub use window::{WindowConfig, WindowConfigError, WindowOperator};
 
@@ -99,8 +101,9 @@ pub struct OpenItem {
 
 /// Implemented by every kind's per-key state, for `braid inspect`.
 pub trait Inspect {
-    /// Adds the key's open windows or correlations to `out`.
-    fn open_items(&self, out: &mut Vec<OpenItem>);
+    /// Adds the key's open windows or correlations to `out`; `required` are the
+    /// required sources of a `complete` correlation (empty for other kinds).
+    fn open_items(&self, required: &[u16], out: &mut Vec<OpenItem>);
 }
 
 /// What an operator produces; the runtime later turns these into output-topic records.

@@ -241,7 +241,7 @@ pub struct KeyState {
 }
 
 impl super::Inspect for KeyState {
-    fn open_items(&self, out: &mut Vec<super::OpenItem>) {
+    fn open_items(&self, _: &[u16], out: &mut Vec<super::OpenItem>) {
         out.extend(self.open.iter().map(|s| super::OpenItem {
             start: s.first,
             events: Some(s.events.len()),

@@ -230,7 +230,7 @@ pub struct KeyState {
 
 impl super::Inspect for KeyState {
     /// Events are kept once per key, not per window, so counts are not given.
-    fn open_items(&self, out: &mut Vec<super::OpenItem>) {
+    fn open_items(&self, _: &[u16], out: &mut Vec<super::OpenItem>) {
         out.extend(self.open.iter().map(|&start| super::OpenItem {
             start,
             events: None,
