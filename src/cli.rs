@@ -524,12 +524,24 @@ fn run_job(
 
 fn print_summary(plan: &topology::Plan, summary: &crate::job::Summary) {
     println!(
-        "{}: {} records in, {} journeys, {} late, {} duplicates, {} dead letters in {:.2}s ({:.0} events/s, {} shards, {} checkpoints{})",
+        "{}: {} records in, {} {}, {} late, {} duplicates{}, {} dead letters in {:.2}s ({:.0} events/s, {} shards, {} checkpoints{})",
         plan.name,
         summary.records_in,
         summary.journeys,
+        // What the kind's records are called; the summary JSON says `journeys` for all.
+        match plan.correlation.kind() {
+            "session" => "journeys",
+            "complete" => "complete/incomplete records",
+            "interval" => "join records",
+            _ => "window records",
+        },
         summary.late,
         summary.duplicates,
+        if plan.correlation.kind() == "interval" {
+            format!(", {} unjoined", summary.unjoined)
+        } else {
+            String::new()
+        },
         summary.dead_letters,
         summary.millis as f64 / 1000.0,
         summary.events_per_second(),

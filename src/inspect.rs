@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Inspect, OpenItem, complete, session, window};
+use crate::engine::{Inspect, OpenItem, complete, interval, session, window};
 use crate::job::JobSnapshot;
 use crate::log::{Log, LogError};
 use crate::state::{StateError, StateStore};
@@ -113,8 +113,7 @@ pub fn inspect(plan: &Plan, store: &StateStore, log: Option<&Log>) -> Result<Rep
                 .collect();
             scan::<complete::KeyState>(store, &indexes)?
         }
-        // Kinds whose state this version cannot read show positions and output only.
-        _ => Scan::default(),
+        Correlation::Interval { .. } => scan::<interval::KeyState>(store, &[])?,
     };
     let topics: Vec<&str> = plan.sources.iter().map(|s| s.topic.as_str()).collect();
     let waiting = open
@@ -214,7 +213,7 @@ impl Report {
         match self.kind {
             "session" => "sessions",
             "tumbling" | "hopping" => "windows",
-            "interval" => "join rows",
+            "interval" => "held events",
             _ => "correlations",
         }
     }

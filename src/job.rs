@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
 use crate::engine::{
-    Checkpointed, CompleteConfig, CompleteOperator, KeyLoader, Operator, Output, SessionConfig,
-    SessionOperator, WindowConfig, WindowOperator,
+    Checkpointed, CompleteConfig, CompleteOperator, IntervalConfig, IntervalOperator, KeyLoader,
+    LinkConfig, Operator, Output, SessionConfig, SessionOperator, WindowConfig, WindowOperator,
 };
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
@@ -81,10 +81,6 @@ pub enum JobError {
         #[source]
         source: Box<OutboxError>,
     },
-    #[error(
-        "job {job}: correlation kind `{kind}` is not available yet in this version (available: session, complete, tumbling, hopping)"
-    )]
-    UnsupportedKind { job: String, kind: &'static str },
     #[error(
         "job {job}: the {broker} broker is not available yet in this version (use kind = \"embedded\")"
     )]
@@ -133,6 +129,9 @@ pub struct Summary {
     pub journeys: u64,
     pub late: u64,
     pub duplicates: u64,
+    /// Events of an `interval` join that left its state without being in any record
+    /// (an inner link found them no partner); 0 for other kinds.
+    pub unjoined: u64,
     pub dead_letters: u64,
     pub shards: usize,
     pub millis: u64,
@@ -213,6 +212,7 @@ enum Part {
         upserts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
         duplicates: u64,
+        unjoined: u64,
         /// Most windows open at once since the previous barrier.
         open_windows_peak: usize,
         /// Keys with state once this part is committed (= key states stored).
@@ -436,6 +436,7 @@ pub fn run(
         journeys: counts.journeys,
         late: counts.late,
         duplicates: counts.duplicates,
+        unjoined: counts.unjoined,
         dead_letters: source.dead_letters,
         shards,
         millis: started.elapsed().as_millis() as u64,
@@ -918,6 +919,7 @@ enum AnyOperator {
     /// `tumbling` and `hopping` (tumbling is hopping with `hop = size`).
     Window(WindowOperator),
     Complete(CompleteOperator),
+    Interval(IntervalOperator),
 }
 
 impl AnyOperator {
@@ -977,10 +979,25 @@ impl AnyOperator {
             .build()
             .map(AnyOperator::Complete)
             .map_err(|e| failed(e.to_string())),
-            other => Err(JobError::UnsupportedKind {
-                job: plan.name.clone(),
-                kind: other.kind(),
-            }),
+            Correlation::Interval { joins } => IntervalConfig {
+                topology: plan.name.clone(),
+                sources: plan.sources.iter().map(|s| s.topic.clone()).collect(),
+                links: joins
+                    .iter()
+                    .map(|j| LinkConfig {
+                        left: j.left.clone(),
+                        right: j.right.clone(),
+                        before: j.before,
+                        after: j.after,
+                        join_type: j.join_type,
+                    })
+                    .collect(),
+                grace: plan.time.grace,
+                include_payload: plan.output.include_payload,
+            }
+            .build()
+            .map(AnyOperator::Interval)
+            .map_err(|e| failed(e.to_string())),
         }
     }
 
@@ -995,6 +1012,7 @@ impl AnyOperator {
             AnyOperator::Session(op) => thread.spawn(move || shard.run(op, rx)),
             AnyOperator::Window(op) => thread.spawn(move || shard.run(op, rx)),
             AnyOperator::Complete(op) => thread.spawn(move || shard.run(op, rx)),
+            AnyOperator::Interval(op) => thread.spawn(move || shard.run(op, rx)),
         }
         .expect("spawn shard thread")
     }
@@ -1061,6 +1079,7 @@ impl Shard {
         let mut outputs = Vec::new();
         let mut records = Vec::new();
         let mut duplicates = 0;
+        let mut unjoined = 0;
         let mut open_windows_peak = 0;
         // When the current slice was read: the birth time of what it completes.
         let mut slice_at = wall_clock_ms();
@@ -1095,6 +1114,7 @@ impl Shard {
                             upserts,
                             deletes,
                             duplicates: std::mem::take(&mut duplicates),
+                            unjoined: std::mem::take(&mut unjoined),
                             open_windows_peak: std::mem::take(&mut open_windows_peak),
                             keys: op.keys_with_state(),
                         };
@@ -1164,6 +1184,7 @@ impl Shard {
                             ))
                         }
                         Output::Duplicate { .. } => duplicates += 1,
+                        Output::Unjoined { .. } => unjoined += 1,
                         Output::Correlation(c) => records.push(OutRecord::new(
                             OutKind::Record(c.kind),
                             Some(c.key.as_bytes().to_vec()),
@@ -1196,6 +1217,7 @@ struct CommitCounts {
     journeys: u64,
     late: u64,
     duplicates: u64,
+    unjoined: u64,
     checkpoints: u64,
     state_keys_peak: u64,
     state_bytes_peak: u64,
@@ -1401,6 +1423,7 @@ fn commit_loop(
                         upserts,
                         deletes,
                         duplicates,
+                        unjoined,
                         open_windows_peak,
                         keys,
                     } => {
@@ -1410,6 +1433,7 @@ fn commit_loop(
                         g.open_windows += open_windows_peak as u64;
                         g.duplicates += duplicates;
                         counts.duplicates += duplicates;
+                        counts.unjoined += unjoined;
                     }
                     Part::Source {
                         positions,

@@ -299,3 +299,56 @@ fn order_fulfillment_accounts_for_every_part_and_names_what_is_missing() {
         }
     }
 }
+
+#[test]
+fn click_cart_order_joins_and_accounts_for_every_event() {
+    let t = TempLog::new();
+    let generated = generate(&t);
+    let topology = shipped(&t, "click_cart_order.toml", None);
+    let summary = run_bounded(&t, &topology);
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert_eq!(n(&summary["records_in"]), n(&generated["records"]));
+    let records = values(&t, "customer.joins");
+    let late = values(&t, "customer.joins.late");
+    let dlq = values(&t, "customer.joins.dlq");
+    assert_eq!(records.len() as u64, n(&summary["journeys"]));
+    let topics = ["page.viewed", "cart.updated", "order.placed"];
+    let mut distinct = BTreeSet::new();
+    let (mut matched, mut abandoned) = (0, 0);
+    for (key, r) in &records {
+        assert_eq!(r["kind"], "join");
+        assert_eq!(key.as_deref(), r["key"].as_str());
+        let events = r["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3);
+        // Inner first link, left second: a view and a cart always, an order maybe.
+        let (view, cart) = (&events[0], &events[1]);
+        let (v, c) = (ms(&view["time"]), ms(&cart["time"]));
+        assert!((v - c).abs() <= 300_000, "{r}");
+        if events[2].is_null() {
+            abandoned += 1;
+            assert_eq!(r["matched"], false);
+        } else {
+            matched += 1;
+            assert_eq!(r["matched"], true);
+            let o = ms(&events[2]["time"]);
+            assert!(c <= o && o <= c + 600_000, "{r}");
+        }
+        for (e, topic) in events.iter().zip(topics) {
+            if !e.is_null() {
+                assert_eq!(e["topic"], topic);
+                distinct.insert((topic, e["partition"].as_u64(), e["offset"].as_u64()));
+            }
+        }
+    }
+    assert!(matched > 0 && abandoned > 0, "{matched} {abandoned}");
+    // Every event in a record, late, a duplicate, unjoined or a dead letter; only one.
+    assert_eq!(
+        distinct.len() as u64
+            + late.len() as u64
+            + n(&summary["duplicates"])
+            + n(&summary["unjoined"])
+            + dlq.len() as u64,
+        n(&summary["records_in"])
+    );
+    assert!(n(&summary["unjoined"]) > 0, "views without a cart update");
+}

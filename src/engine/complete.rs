@@ -810,7 +810,7 @@ mod tests {
                     key: key.clone(),
                     offset: *offset,
                 },
-                Output::Journey(_) => panic!("no journeys from complete"),
+                Output::Journey(_) | Output::Unjoined { .. } => panic!("not from complete: {o:?}"),
             })
             .collect()
     }

@@ -8,7 +8,9 @@
 //!
 //! Invariants every operator keeps (docs/semantics.md):
 //! - Accounting: every event given to [`Operator::on_event`] ends in exactly one of a
-//!   correlation record's events, one [`LateArrival`], one [`Output::Duplicate`].
+//!   correlation record's events, one [`LateArrival`], one [`Output::Duplicate`] —
+//!   except for `interval` joins, where an event can be in several records and one
+//!   that never is ends in an [`Output::Unjoined`] count (see that module).
 //! - Determinism: the outputs depend only on the sequence of calls (events and
 //!   watermarks), never on hashing order, a clock or the number of shards.
 //! - Record ids ([`JourneyId`]) are a hash of the topology name, the key and the
@@ -22,6 +24,7 @@
 
 pub mod cache;
 pub mod complete;
+pub mod interval;
 pub mod session;
 #[cfg(test)]
 mod testkit;
@@ -39,6 +42,7 @@ use crate::decode::Event;
 
 pub use cache::KeyLoader;
 pub use complete::{CompleteConfig, CompleteConfigError, CompleteOperator};
+pub use interval::{IntervalConfig, IntervalConfigError, IntervalOperator, LinkConfig};
 pub use session::{SessionConfig, SessionConfigError, SessionOperator};
 pub use window::{WindowConfig, WindowConfigError, WindowOperator};
 
@@ -125,6 +129,14 @@ pub enum Output {
     /// A correlation record of another kind (`complete`, `incomplete`, `join`,
     /// `window`), already rendered; it goes to the journeys topic like a journey.
     Correlation(CorrelationRecord),
+    /// An event that left an `interval` join's state without being in any record (an
+    /// inner link found it no partner): counted, never emitted.
+    Unjoined {
+        source: u16,
+        partition: u32,
+        offset: u64,
+        key: String,
+    },
 }
 
 /// A rendered correlation record: its kind, deterministic id, key and JSON object.
@@ -202,6 +214,12 @@ impl RecordEvent {
                 payload,
             },
         )
+    }
+
+    /// Where the event sits in the input: (source index, partition, offset); unique
+    /// per event.
+    pub fn at(&self) -> (u16, u32, u64) {
+        (self.source, self.partition, self.offset)
     }
 
     /// Chronological order of events in a record: time, then source index,

@@ -1625,6 +1625,7 @@ mod tests {
                 Output::Late(l) => place(l.offset, "late"),
                 Output::Duplicate { offset, .. } => place(*offset, "duplicate"),
                 Output::Correlation(c) => panic!("a session emits journeys, got {}", c.kind),
+                Output::Unjoined { .. } => panic!("a session never reports unjoined events"),
             }
         }
         assert_eq!(fate.len(), arrivals.len());
