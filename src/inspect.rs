@@ -391,6 +391,87 @@ journeys = "cj.out"
     }
 
     #[test]
+    fn complete_lists_what_open_correlations_wait_for() {
+        let text = r#"
+name = "of"
+[[source]]
+topic = "pay"
+key = "/k"
+time = "/t"
+[[source]]
+topic = "inv"
+key = "/k"
+time = "/t"
+[[source]]
+topic = "ship"
+key = "/k"
+time = "/t"
+[correlate]
+kind = "complete"
+required = ["pay", "inv", "ship"]
+timeout = "1h"
+[output]
+journeys = "of.out"
+"#;
+        let plan = crate::topology::parse(text, "of.toml").unwrap();
+        let mut op = crate::engine::CompleteConfig {
+            topology: "of".into(),
+            sources: vec!["pay".into(), "inv".into(), "ship".into()],
+            required: vec!["pay".into(), "inv".into(), "ship".into()],
+            optional: vec![],
+            timeout: Duration::from_secs(3600),
+            deadlines: Default::default(),
+            grace: Duration::ZERO,
+            retention: None,
+            include_payload: true,
+        }
+        .build()
+        .unwrap();
+        let mut out = Vec::new();
+        for (s, o, k, t) in [
+            (0, 0, "o1", 1_000),
+            (0, 1, "o2", 2_000),
+            (1, 2, "o2", 2_100),
+            (1, 3, "o3", 500),
+        ] {
+            op.on_event(ev(s, o, k, t), i64::MIN, &mut out);
+        }
+        let mut upserts = Vec::new();
+        op.drain_changes(1, &mut |key, state| {
+            upserts.push((key.to_owned(), encode_packed("ks", state.unwrap()).unwrap()));
+        });
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path().join("state");
+        let store = StateStore::open(&dir, 1, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                upserts: upserts
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect(),
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let report = inspect(&plan, &store, None).unwrap();
+        assert_eq!((report.open, report.keys), (3, 3));
+        let waiting: Vec<(&str, u64, &str)> = report
+            .waiting
+            .iter()
+            .map(|w| (w.topic.as_str(), w.correlations, w.oldest.key.as_str()))
+            .collect();
+        assert_eq!(
+            waiting,
+            vec![("pay", 1, "o3"), ("inv", 1, "o1"), ("ship", 3, "o3")]
+        );
+        assert!(
+            report.to_string().ends_with(
+                "open correlations: 3 over 3 keys; oldest o3 since 1970-01-01T00:00:00.500Z (1 events)\nwaiting for pay: 1; oldest o3, first part 1970-01-01T00:00:00.500Z\nwaiting for inv: 1; oldest o1, first part 1970-01-01T00:00:01.000Z\nwaiting for ship: 3; oldest o3, first part 1970-01-01T00:00:00.500Z\n"
+            ),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn an_empty_directory_is_not_a_state_store() {
         let tmp = TempDir::new().unwrap();
         let err = StateStore::open_read_only(&tmp.path().join("none")).unwrap_err();

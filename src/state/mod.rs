@@ -831,7 +831,7 @@ mod tests {
         use crate::engine::{JourneyId, RecordEvent};
         use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
 
-        let state = KeyState {
+        let mut state = KeyState {
             open: vec![OpenSession {
                 first: -5,
                 last: 1_700_000_000_000,
@@ -851,8 +851,15 @@ mod tests {
                 forget_after: i64::MAX,
                 fingerprints: vec![3, u128::MAX],
             }],
-            seen: [1u128, 1 << 100].into_iter().collect(),
+            seen: Default::default(),
         };
+        // `seen` is not stored: it is rebuilt from the open events' ids (one here) and
+        // the emitted sessions' fingerprints (two).
+        state.seen = postcard::from_bytes::<KeyState>(&postcard::to_allocvec(&state).unwrap())
+            .unwrap()
+            .seen;
+        assert_eq!(state.seen.len(), 3);
+        assert!(state.seen.contains(&3) && state.seen.contains(&u128::MAX));
         let wm = WatermarkSnapshot {
             job: i64::MIN,
             partitions: vec![PartitionSnapshot {
