@@ -749,11 +749,15 @@ impl SourceStage<'_> {
                                         reason = %dl.reason,
                                         "dead letter"
                                     );
-                                    dead_letters.note(|| {
-                                        format!(
-                                            "{}/{} offset {}: {}",
-                                            input.topic, input.id.partition, view.offset, dl.reason
+                                    dead_letters.note(|| RecordCoordinates {
+                                        topic: input.topic.to_string(),
+                                        partition: input.id.partition,
+                                        offset: view.offset,
+                                        key: String::from_utf8_lossy(
+                                            view.key.clone().map_or(&[][..], |k| &buf[k]),
                                         )
+                                        .into_owned(),
+                                        reason: dl.reason.to_string(),
                                     });
                                     out.dead.push(OutRecord::new(
                                         OutKind::DeadLetter,
@@ -1080,6 +1084,7 @@ impl Shard {
         let mut records = Vec::new();
         let mut duplicates = 0;
         let mut unjoined = 0;
+        let mut late_reports = RateLimited::new("late arrivals reported");
         let mut open_windows_peak = 0;
         // When the current slice was read: the birth time of what it completes.
         let mut slice_at = wall_clock_ms();
@@ -1140,6 +1145,7 @@ impl Shard {
                             CACHED_KEYS_PER_SHARD,
                             self.committed.load(Ordering::Acquire),
                         );
+                        late_reports.maybe_log();
                         if let Some(m) = &self.metrics {
                             let open = op.open_windows() as i64;
                             let cached = op.cached_keys() as i64;
@@ -1171,6 +1177,13 @@ impl Shard {
                             slice_at,
                         )),
                         Output::Late(l) => {
+                            late_reports.note(|| RecordCoordinates {
+                                topic: l.topic.to_string(),
+                                partition: l.partition,
+                                offset: l.offset,
+                                key: l.key.clone(),
+                                reason: format!("{} ms late", l.lateness_ms),
+                            });
                             if let Some(m) = &self.metrics {
                                 m.lateness_ms
                                     .with_label_values(&[&*l.topic])
@@ -1259,8 +1272,17 @@ impl Drop for RateLimited {
 struct RateLimited {
     what: &'static str,
     count: u64,
-    last: Option<String>,
+    last: Option<RecordCoordinates>,
     logged: Instant,
+}
+
+/// Where a bad or late record was: the fields of every log line about a record.
+struct RecordCoordinates {
+    topic: String,
+    partition: u32,
+    offset: u64,
+    key: String,
+    reason: String,
 }
 
 impl RateLimited {
@@ -1275,13 +1297,9 @@ impl RateLimited {
         }
     }
 
-    fn add(&mut self, n: u64) {
-        self.count += n;
-    }
-
-    /// Counts one, remembering it as the last (bad records are rare: the cost of
-    /// formatting its coordinates does not matter).
-    fn note(&mut self, last: impl FnOnce() -> String) {
+    /// Counts one, remembering it as the last (bad or late records are rare: the cost
+    /// of copying its coordinates does not matter).
+    fn note(&mut self, last: impl FnOnce() -> RecordCoordinates) {
         self.count += 1;
         self.last = Some(last());
     }
@@ -1295,9 +1313,16 @@ impl RateLimited {
     fn flush(&mut self) {
         match (&self.last, self.count) {
             (_, 0) => {}
-            (Some(last), count) => {
-                tracing::warn!(count, last = %last, "{} since the previous report", self.what)
-            }
+            (Some(last), count) => tracing::warn!(
+                count,
+                topic = %last.topic,
+                partition = last.partition,
+                offset = last.offset,
+                key = %last.key,
+                reason = %last.reason,
+                "{} since the previous report (the last one's coordinates)",
+                self.what
+            ),
             (None, count) => tracing::warn!(count, "{} since the previous report", self.what),
         }
         self.count = 0;
@@ -1403,7 +1428,6 @@ fn commit_loop(
     telemetry: &Option<Telemetry>,
     publisher: &SyncSender<Publication>,
 ) -> Result<CommitCounts, OutboxError> {
-    let mut late_reports = RateLimited::new("late arrivals reported");
     let slots = shards + 1;
     let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
     let mut gathering: BTreeMap<u64, Gathering> = BTreeMap::new();
@@ -1457,7 +1481,6 @@ fn commit_loop(
         let mut entries = Vec::new();
         let mut born = Vec::new();
         let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let late_before = counts.late;
         for slot in std::iter::once(shards).chain(0..shards) {
             for r in records.remove(&slot).unwrap_or_default() {
                 match r.kind {
@@ -1470,7 +1493,6 @@ fn commit_loop(
                 entries.push(outbox.place(r));
             }
         }
-        late_reports.add(counts.late - late_before);
         let snapshot = JobSnapshot {
             epoch,
             watermarks: g.watermarks.unwrap_or_default(),
@@ -1534,7 +1556,6 @@ fn commit_loop(
             // The publisher stopped on an error; joining it reports that.
             break;
         }
-        late_reports.maybe_log();
     }
     Ok(counts)
 }

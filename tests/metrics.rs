@@ -266,11 +266,30 @@ fn json_logs_parse_and_carry_counts() {
         })
         .collect();
     assert_eq!(dead.len(), 1, "{stderr}");
-    assert!(dead[0]["fields"]["count"].as_u64().unwrap() > 0);
-    let last = dead[0]["fields"]["last"].as_str().unwrap();
+    // Every line about a record carries its coordinates as fields.
+    let coordinates = |l: &Value| {
+        let f = &l["fields"];
+        assert!(f["count"].as_u64().unwrap() > 0, "{l}");
+        assert!(f["topic"].is_string() && f["key"].is_string(), "{l}");
+        assert!(f["partition"].is_u64() && f["offset"].is_u64(), "{l}");
+        assert!(f["reason"].is_string(), "{l}");
+    };
+    coordinates(dead[0]);
+    let late: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("late arrivals reported"))
+        })
+        .collect();
+    assert!(!late.is_empty(), "{stderr}");
+    late.iter().for_each(|l| coordinates(l));
     assert!(
-        last.starts_with("page.viewed/") || last.contains(" offset "),
-        "{last}"
+        late[0]["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with(" ms late")
     );
 }
 
