@@ -4,7 +4,8 @@
 #   braid     `braid run --bounded` of topologies/customer_journey.toml, 1 shard and default
 #             (checkpoints every 1 s, the topology's setting), and default with checkpoints off
 #             (one final checkpoint: interval 1 h) to show what checkpointing costs
-# Each figure is the median of RUNS runs; peak RSS from GNU time. Release build.
+# Each figure is the median of RUNS runs; peak RSS from GNU time; RocksDB batches = bytes of
+# the checkpoint batches written (the last run's summary). Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +45,12 @@ measure() {
     awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
     tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
   done
-  local rate rss
+  local rate rss written
   rate="$(median <"$WORK/$name.rates")"
   rss="$(median <"$WORK/$name.rss")"
   echo "$rate" >"$WORK/$name.median"
-  printf '%-22s %12s events/s   peak RSS %6d MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
+  written="$(field "$WORK/summary.json" checkpoint_bytes)"
+  printf '%-22s %12s events/s   peak RSS %6d MiB   RocksDB batches %6s MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(( ${written:-0} / 1048576 ))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
 }
 
 records="$(field "$WORK/gen.json" records)"

@@ -149,6 +149,9 @@ pub struct Summary {
     pub state_bytes_peak: u64,
     /// Most windows open at once (per checkpoint interval, the sum of each shard's peak).
     pub open_windows_peak: u64,
+    /// Bytes of the checkpoint batches written to RocksDB (what the WAL and memtables
+    /// took; flushes and compactions come on top).
+    pub checkpoint_bytes: u64,
     /// The output topics written: journeys, late reports, dead letters.
     pub outputs: Vec<String>,
 }
@@ -445,6 +448,7 @@ pub fn run(
         republished,
         state_keys_peak: counts.state_keys_peak,
         state_bytes_peak: counts.state_bytes_peak,
+        checkpoint_bytes: counts.checkpoint_bytes,
         open_windows_peak: counts.open_windows_peak,
         outputs: vec![
             plan.output.journeys.clone(),
@@ -1235,6 +1239,7 @@ struct CommitCounts {
     state_keys_peak: u64,
     state_bytes_peak: u64,
     open_windows_peak: u64,
+    checkpoint_bytes: u64,
 }
 
 /// What every checkpoint of a run repeats about the run itself.
@@ -1532,6 +1537,7 @@ fn commit_loop(
         let commit_seconds = commit_started.elapsed().as_secs_f64();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
+        counts.checkpoint_bytes += written.bytes as u64;
         let stats = store.stats();
         let state_bytes = stats.live_data_bytes + stats.memtable_bytes;
         counts.state_bytes_peak = counts.state_bytes_peak.max(state_bytes);
