@@ -80,6 +80,7 @@ fn session(c: &mut Criterion) {
         retention: None,
         max_duration: None,
         include_payload: true,
+        max_events: None,
     };
     let mut group = c.benchmark_group("session_operator");
     group.throughput(Throughput::Elements(events.len() as u64));

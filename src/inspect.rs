@@ -333,6 +333,7 @@ journeys = "cj.out"
             retention: None,
             max_duration: None,
             include_payload: true,
+            max_events: None,
         }
         .build()
         .unwrap();

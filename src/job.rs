@@ -945,6 +945,7 @@ impl AnyOperator {
                 retention: None,
                 max_duration: *max_duration,
                 include_payload: plan.output.include_payload,
+                max_events: Some(plan.limits.max_events_per_window),
             }
             .build()
             .map(AnyOperator::Session)

@@ -481,6 +481,7 @@ impl CompleteOperator {
             topics: &self.topics,
             include_payload: self.include_payload,
             cut_by_boundary: !missing.is_empty() && self.watermark == i64::MAX,
+            dropped: 0,
         }
         .to_json();
         out.pop(); // the closing brace

@@ -252,6 +252,9 @@ pub struct Journey {
     /// watermark of the data: rendered as `"cut_by_replay_boundary":true`, absent
     /// otherwise.
     pub cut_by_boundary: bool,
+    /// Events of the session not kept (`limits.max_events_per_window`): rendered as
+    /// `"truncated":true,"dropped_events":n` when not 0.
+    pub dropped: u64,
 }
 
 impl Journey {
@@ -269,6 +272,7 @@ impl Journey {
             topics: &self.topics,
             include_payload: self.include_payload,
             cut_by_boundary: self.cut_by_boundary,
+            dropped: self.dropped,
         }
         .to_json()
     }
@@ -290,6 +294,8 @@ pub struct WindowedRecord<'a> {
     pub topics: &'a Topics,
     pub include_payload: bool,
     pub cut_by_boundary: bool,
+    /// Events not kept (a limit); rendered when not 0.
+    pub dropped: u64,
 }
 
 impl WindowedRecord<'_> {
@@ -357,6 +363,13 @@ impl WindowedRecord<'_> {
         out.push(b'}');
         if self.cut_by_boundary {
             out.extend_from_slice(b",\"cut_by_replay_boundary\":true");
+        }
+        if self.dropped > 0 {
+            let _ = write!(
+                out,
+                ",\"truncated\":true,\"dropped_events\":{}",
+                self.dropped
+            );
         }
         out.push(b'}');
         out

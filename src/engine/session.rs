@@ -110,6 +110,9 @@ pub struct SessionConfig {
     /// Whether journeys embed each event's payload.
     #[serde(default = "default_true")]
     pub include_payload: bool,
+    /// Events kept per open session (at least 1); None: unbounded.
+    #[serde(default)]
+    pub max_events: Option<u64>,
 }
 
 /// An invalid session configuration.
@@ -193,6 +196,9 @@ impl SessionConfig {
             retention,
             max_span,
             include_payload: self.include_payload,
+            max_events: self.max_events.map_or(usize::MAX, |m| {
+                usize::try_from(m.max(1)).unwrap_or(usize::MAX)
+            }),
             watermark: i64::MIN,
             cache: KeyCache::new(),
             closes: BTreeSet::new(),
@@ -207,6 +213,9 @@ pub struct OpenSession {
     pub first: i64,
     pub last: i64,
     pub events: Vec<RecordEvent>,
+    /// Events of the session not kept: beyond `max_events` (module doc).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// What is remembered of an emitted session, for late arrivals and de-duplication.
@@ -296,6 +305,8 @@ pub struct SessionOperator {
     /// `max_duration` in ms; `i64::MAX` when unbounded.
     max_span: i64,
     include_payload: bool,
+    /// Events kept per open session.
+    max_events: usize,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
     /// The keys' states, cached over the store.
@@ -431,6 +442,7 @@ impl SessionOperator {
             first: t,
             last: t,
             events: vec![record],
+            dropped: 0,
         });
         self.closes.insert((own_deadline, key.clone(), t));
         self.cache.insert(key, state);
@@ -486,6 +498,7 @@ impl SessionOperator {
             // Only end of input closes anything at +infinity: every session the data's
             // watermark made due was emitted by an earlier, finite watermark.
             cut_by_boundary: self.watermark == i64::MAX,
+            dropped: session.dropped,
         }));
     }
 
@@ -642,6 +655,7 @@ impl Operator for SessionOperator {
                         first: t,
                         last: t,
                         events: vec![record],
+                        dropped: 0,
                     },
                 );
                 self.closes.insert((own_deadline, key, t));
@@ -656,6 +670,7 @@ impl Operator for SessionOperator {
             && state.open.get(i + 1).is_some_and(|next| {
                 touches(next.first, next.last) && next.last - old_first < max_span
             });
+        let max_events = self.max_events;
         if bridges {
             let next = state.open.remove(i + 1);
             self.closes
@@ -663,13 +678,31 @@ impl Operator for SessionOperator {
             let session = &mut state.open[i];
             session.last = next.last;
             session.events.extend(next.events);
+            session.dropped += next.dropped;
+            if session.events.len() > max_events {
+                // Keep the earliest, deterministically; the rest is counted, and no
+                // longer remembered for de-duplication.
+                session.events.sort_unstable_by_key(RecordEvent::order_key);
+                for gone in session.events.drain(max_events..) {
+                    session.dropped += 1;
+                    if let Some(id) = &gone.id {
+                        state.seen.remove(&fingerprint(gone.source, id));
+                    }
+                }
+            }
         }
-        let (_, record) = RecordEvent::split(event);
-        state.seen.extend(fp);
         let session = &mut state.open[i];
         session.first = session.first.min(t);
         session.last = session.last.max(t);
-        session.events.push(record);
+        if session.events.len() < max_events {
+            let (_, record) = RecordEvent::split(event);
+            session.events.push(record);
+            state.seen.extend(fp);
+        } else {
+            // A bot key's endless session keeps its window moving but not its events.
+            session.dropped += 1;
+        }
+        let session = &state.open[i];
         let (first, last) = (session.first, session.last);
         if (first, last) != (old_first, old_last) {
             self.closes
@@ -726,6 +759,7 @@ mod tests {
             retention: None,
             max_duration: None,
             include_payload: true,
+            max_events: None,
         }
     }
 
@@ -749,6 +783,89 @@ mod tests {
             id: id.map(Into::into),
             payload: format!("{{\"o\":{offset}}}").into(),
         }
+    }
+
+    fn op_keeping(gap_ms: u64, max_events: u64) -> SessionOperator {
+        let mut c = config(gap_ms, 0);
+        c.max_events = Some(max_events);
+        c.build().unwrap()
+    }
+
+    #[test]
+    fn events_beyond_the_limit_are_counted_not_kept() {
+        let mut op = op_keeping(10, 3);
+        let mut out = Vec::new();
+        for o in 0..5u64 {
+            op.on_event(
+                ev(0, o, "k", 100 + o as i64, Some(&format!("e{o}"))),
+                0,
+                &mut out,
+            );
+        }
+        // A dropped event is not remembered: its re-send is dropped again, not a duplicate.
+        op.on_event(ev(0, 5, "k", 104, Some("e4")), 0, &mut out);
+        assert_eq!(op.key_state("k").unwrap().open[0].events.len(), 3);
+        op.on_watermark(i64::MAX, &mut out);
+        let [j] = journeys(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (j.start, j.end, j.events.len(), j.dropped),
+            (100, 114, 3, 3)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&j.to_json()).unwrap();
+        assert_eq!(
+            (v["truncated"].as_bool(), v["dropped_events"].as_u64()),
+            (Some(true), Some(3))
+        );
+        assert!(out.iter().all(|o| !matches!(o, Output::Duplicate { .. })));
+    }
+
+    #[test]
+    fn a_merge_over_the_limit_keeps_the_earliest_events() {
+        let mut op = op_keeping(30, 4);
+        let mut out = Vec::new();
+        for (o, t) in [(0, 100), (1, 101), (2, 102), (3, 150), (4, 151), (5, 152)] {
+            op.on_event(ev(0, o, "k", t, Some(&format!("e{o}"))), 0, &mut out);
+        }
+        op.on_event(ev(0, 6, "k", 125, Some("e6")), 0, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        let [j] = journeys(&out)[..] else {
+            panic!("{out:?}")
+        };
+        let offsets: Vec<u64> = j.events.iter().map(|e| e.offset).collect();
+        assert_eq!((offsets, j.dropped), (vec![0, 1, 2, 3], 3));
+        assert_eq!((j.start, j.end), (100, 182));
+    }
+
+    #[test]
+    fn a_bot_key_with_a_million_events_stays_bounded() {
+        let mut op = op_keeping(1_800_000, 1_000);
+        let mut out = Vec::new();
+        for o in 0..1_000_000u64 {
+            let t = 1_767_600_000_000 + o as i64;
+            op.on_event(
+                ev((o % 3) as u16, o, "bot", t, Some(&o.to_string())),
+                t - 5_000,
+                &mut out,
+            );
+            if o % 100_000 == 0 {
+                let state = op.key_state("bot").unwrap();
+                assert!(state.open[0].events.len() <= 1_000 && state.seen.len() <= 1_000);
+            }
+        }
+        assert!(out.is_empty());
+        op.on_watermark(i64::MAX, &mut out);
+        let [j] = journeys(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((j.events.len(), j.dropped), (1_000, 999_000));
+        assert_eq!(
+            j.end - j.start,
+            999_999 + 1_800_000,
+            "the window covers every event"
+        );
+        assert_eq!(op.keys_with_state(), 0);
     }
 
     fn journeys(out: &[Output]) -> Vec<&Journey> {

@@ -404,6 +404,7 @@ impl WindowOperator {
             topics: &self.topics,
             include_payload: self.include_payload,
             cut_by_boundary: self.watermark == i64::MAX,
+            dropped: 0,
         }
         .to_json();
         // Windows close in start order, so the events before the next window's start

@@ -843,6 +843,7 @@ mod tests {
                     id: Some("e\u{0}1".into()),
                     payload: r#"{"a":[1,2]}"#.into(),
                 }],
+                dropped: 7,
             }],
             emitted: vec![EmittedSession {
                 first: 1,

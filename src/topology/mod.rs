@@ -871,6 +871,15 @@ type = "left"
             ["t.toml:20:20: limits.max_record_bytes: must be between 1B and 1GiB, got 0"]
         );
         assert_eq!(
+            problems(&format!(
+                "{BASE}[limits]\nmax_record_bytes = 0\nmax_events_per_window = 0\n"
+            )),
+            [
+                "t.toml:20:20: limits.max_record_bytes: must be between 1B and 1GiB, got 0",
+                "t.toml:21:25: limits.max_events_per_window: must be between 1 and 100000000, got 0"
+            ]
+        );
+        assert_eq!(
             problems(&format!("{BASE}[checkpoint]\nmax_records = 0\n")),
             [
                 "t.toml:20:15: checkpoint.max_records: must be at least 1, got 0 (hint: leave it out to checkpoint on the interval only)"
@@ -886,6 +895,13 @@ type = "left"
         )
         .unwrap();
         assert_eq!(plan.limits.max_record_bytes, 512 << 10);
+        assert_eq!(plan.limits.max_events_per_window, 100_000, "the default");
+        let plan = parse(
+            &format!("{BASE}[limits]\nmax_events_per_window = 500\n"),
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(plan.limits.max_events_per_window, 500);
     }
 
     #[test]
@@ -930,7 +946,7 @@ type = "left"
   output      journeys     → customer.journey (with payloads)
               late         → customer.journey.late
               dead letters → customer.journey.dlq
-  limits      records up to 1MiB
+  limits      records up to 1MiB, 100000 events kept per window
   checkpoint  every 1s
 ",
             plan.fingerprint()

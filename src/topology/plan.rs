@@ -194,6 +194,9 @@ pub struct Outputs {
 pub struct Limits {
     /// Larger records are dead-lettered (1 ..= 1 GiB).
     pub max_record_bytes: u64,
+    /// Events kept per open session; later ones are counted in the journey, not kept
+    /// (1 ..= 100,000,000).
+    pub max_events_per_window: u64,
 }
 
 /// When state, positions and pending output are committed.
@@ -406,8 +409,9 @@ impl Plan {
         }
         writeln!(
             out,
-            "  limits      records up to {}",
-            Bytes(self.limits.max_record_bytes)
+            "  limits      records up to {}, {} events kept per window",
+            Bytes(self.limits.max_record_bytes),
+            self.limits.max_events_per_window
         )?;
         write!(
             out,

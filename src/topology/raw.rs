@@ -207,12 +207,16 @@ pub(crate) struct RawOutput {
     pub(crate) include_payload: Option<Spanned<bool>>,
 }
 
-pub(crate) const LIMITS: &[Field] = &[field("max_record_bytes", Size)];
+pub(crate) const LIMITS: &[Field] = &[
+    field("max_record_bytes", Size),
+    field("max_events_per_window", Integer),
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
     pub(crate) max_record_bytes: Option<Spanned<RawSize>>,
+    pub(crate) max_events_per_window: Option<Spanned<i64>>,
 }
 
 /// `max_record_bytes = 1048576` or `max_record_bytes = "1MiB"`.

@@ -42,6 +42,8 @@ const DEFAULT_OUT_OF_ORDERNESS: Duration = Duration::from_secs(5);
 const DEFAULT_GRACE: Duration = Duration::ZERO;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
+const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
+const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
 const MAX_MAX_RECORD_BYTES: u64 = 1 << 30;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_SHARDS: i64 = 1024;
@@ -1052,10 +1054,37 @@ fn validate_output(
 }
 
 fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>) -> Option<Limits> {
+    let max_events = match limits.and_then(|l| l.get_ref().max_events_per_window.as_ref()) {
+        None => Some(DEFAULT_MAX_EVENTS_PER_WINDOW),
+        Some(m) => match u64::try_from(*m.get_ref()) {
+            Ok(n) if (1..=MAX_MAX_EVENTS_PER_WINDOW).contains(&n) => Some(n),
+            _ => {
+                d.report(
+                    m.span(),
+                    "limits.max_events_per_window",
+                    format!(
+                        "must be between 1 and {MAX_MAX_EVENTS_PER_WINDOW}, got {}",
+                        m.get_ref()
+                    ),
+                    None,
+                );
+                None
+            }
+        },
+    };
+    let max_record_bytes = validate_max_record_bytes(limits, d);
+    Some(Limits {
+        max_record_bytes: max_record_bytes?,
+        max_events_per_window: max_events?,
+    })
+}
+
+fn validate_max_record_bytes(
+    limits: Option<&Spanned<RawLimits>>,
+    d: &mut Diagnostics<'_>,
+) -> Option<u64> {
     let Some(value) = limits.and_then(|l| l.get_ref().max_record_bytes.as_ref()) else {
-        return Some(Limits {
-            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-        });
+        return Some(DEFAULT_MAX_RECORD_BYTES);
     };
     const FIELD: &str = "limits.max_record_bytes";
     let bytes = match value.get_ref() {
@@ -1074,9 +1103,7 @@ fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>)
         },
     };
     match bytes {
-        Some(n) if (1..=MAX_MAX_RECORD_BYTES).contains(&n) => Some(Limits {
-            max_record_bytes: n,
-        }),
+        Some(n) if (1..=MAX_MAX_RECORD_BYTES).contains(&n) => Some(n),
         _ => {
             let got = match value.get_ref() {
                 RawSize::Bytes(n) => n.to_string(),
