@@ -108,8 +108,27 @@ pub enum LogError {
     },
     #[error("topic metadata {path} is unreadable: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
+    #[error(
+        "{path} is a symbolic link; braid does not follow links out of its log directory (replace it with the directory itself)"
+    )]
+    Symlink { path: PathBuf },
     #[error("cannot watch {path} for appends: {message}")]
     Watch { path: PathBuf, message: String },
+}
+
+/// Creates `dir` and its missing parents readable by the owner only (0700): topics
+/// hold whatever producers wrote, not something to share with every local user.
+/// Directories that exist keep their permissions.
+fn create_private_dir(dir: &Path) -> Result<(), LogError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| LogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Persisted description of a topic.
@@ -129,14 +148,22 @@ pub struct Log {
 const META_FILE: &str = "topic.json";
 
 impl Log {
-    /// Opens (creating if needed) the log rooted at `root`.
+    /// Opens (creating if needed, owner-only) the log rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, LogError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| LogError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        create_private_dir(&root)?;
         Ok(Log { root })
+    }
+
+    /// Refuses a topic or partition directory that is a symbolic link: writes and
+    /// truncations of a corrupt tail must stay inside the log directory.
+    fn no_symlink(path: &Path) -> Result<(), LogError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => Err(LogError::Symlink {
+                path: path.to_path_buf(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -164,9 +191,10 @@ impl Log {
             let path = path.to_path_buf();
             move |source| LogError::Io { path, source }
         };
+        Self::no_symlink(&dir)?;
         for p in 0..partitions {
             let pdir = dir.join(p.to_string());
-            std::fs::create_dir_all(&pdir).map_err(io(&pdir))?;
+            create_private_dir(&pdir)?;
         }
         let meta = TopicMeta {
             name: name.into(),
@@ -212,6 +240,7 @@ impl Log {
     }
 
     fn read_meta(&self, name: &str) -> Result<Option<TopicMeta>, LogError> {
+        Self::no_symlink(&self.root.join(name))?;
         let path = self.root.join(name).join(META_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -244,10 +273,12 @@ impl Log {
                 partitions: meta.partitions,
             });
         }
+        let dir = self.partition_dir(topic, partition);
+        Self::no_symlink(&dir)?;
         Ok(PartitionRef {
             topic: topic.into(),
             partition,
-            dir: self.partition_dir(topic, partition),
+            dir,
         })
     }
 
@@ -463,4 +494,69 @@ mod tests {
     }
 
     const PINNED_PARTITIONS: [u32; 4] = [1, 3, 3, 11];
+}
+
+#[cfg(test)]
+mod file_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn directories_are_created_owner_only() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let root = tmp.path().join("data").join("log");
+        let log = Log::open(&root).unwrap();
+        log.create_topic("page.viewed", 2).unwrap();
+        for dir in [
+            root.clone(),
+            root.join("page.viewed"),
+            root.join("page.viewed").join("1"),
+        ] {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        let state = tmp.path().join("state");
+        crate::state::StateStore::open(&state, 1, crate::state::StateOptions::default()).unwrap();
+        assert_eq!(mode(&state), 0o700);
+    }
+
+    #[test]
+    fn a_topic_or_partition_directory_that_is_a_symlink_is_refused() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let elsewhere = Log::open(tmp.path().join("elsewhere")).unwrap();
+        elsewhere.create_topic("orders", 1).unwrap();
+        let root = tmp.path().join("log");
+        let log = Log::open(&root).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere/orders"), root.join("orders"))
+            .unwrap();
+        let err = log.topic("orders").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}/orders is a symbolic link; braid does not follow links out of its log directory (replace it with the directory itself)",
+                root.display()
+            )
+        );
+        assert!(matches!(
+            log.create_topic("orders", 1),
+            Err(LogError::Symlink { .. })
+        ));
+        // A partition directory swapped for a link is refused when opened.
+        log.create_topic("views", 1).unwrap();
+        let p0 = root.join("views").join("0");
+        std::fs::remove_dir(&p0).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere/orders/0"), &p0).unwrap();
+        assert!(matches!(
+            log.reader("views", 0, 0),
+            Err(LogError::Symlink { .. })
+        ));
+        assert!(matches!(
+            log.writer("views", 0, WriterOptions::default()),
+            Err(LogError::Symlink { .. })
+        ));
+    }
 }

@@ -292,6 +292,17 @@ impl StateStore {
         let fresh = is_empty_or_missing(dir)?;
         if !fresh {
             check_is_state_store(dir)?;
+        } else {
+            // Owner-only, like the log: state holds copies of the input.
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StateError::Io {
+                    dir: dir_buf.clone(),
+                    source,
+                })?;
         }
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
