@@ -63,6 +63,9 @@ pub struct DecoderConfig {
     pub max_record_bytes: usize,
 }
 
+/// Longest correlation key or event id accepted (bytes, after unescaping).
+pub const MAX_KEY_BYTES: usize = 4096;
+
 fn default_max_record_bytes() -> usize {
     DEFAULT_MAX_RECORD_BYTES
 }
@@ -174,6 +177,15 @@ pub enum DeadLetterReason {
     TimeOutOfRange { pointer: Arc<str>, value: Box<str> },
     #[error("event id at {pointer} is {found}, expected a string or an integer")]
     IdWrongType { pointer: Arc<str>, found: JsonType },
+    /// Keys and ids are kept per event in state and repeated in output records; a
+    /// megabyte "key" is a producer bug, not a customer id.
+    #[error("{what} at {pointer} is {len} bytes long, the limit is {limit} bytes")]
+    TooLong {
+        what: &'static str,
+        pointer: Arc<str>,
+        len: usize,
+        limit: usize,
+    },
 }
 
 impl DeadLetterReason {
@@ -193,6 +205,8 @@ impl DeadLetterReason {
             DeadLetterReason::UnparsableTime { .. } => "unparsable_time",
             DeadLetterReason::TimeOutOfRange { .. } => "time_out_of_range",
             DeadLetterReason::IdWrongType { .. } => "id_wrong_type",
+            DeadLetterReason::TooLong { what: "key", .. } => "key_too_long",
+            DeadLetterReason::TooLong { .. } => "id_too_long",
         }
     }
 }
@@ -400,6 +414,14 @@ impl Decoder {
                     found,
                 })?,
         };
+        if key.len() > MAX_KEY_BYTES {
+            return Err(DeadLetterReason::TooLong {
+                what: "key",
+                pointer: self.key.clone(),
+                len: key.len(),
+                limit: MAX_KEY_BYTES,
+            });
+        }
         let time = match time {
             None => {
                 return Err(DeadLetterReason::MissingTime {
@@ -422,6 +444,16 @@ impl Decoder {
                 )
             }
         };
+        if let (Some(id), Some(pointer)) = (&id, &self.id)
+            && id.len() > MAX_KEY_BYTES
+        {
+            return Err(DeadLetterReason::TooLong {
+                what: "event id",
+                pointer: pointer.clone(),
+                len: id.len(),
+                limit: MAX_KEY_BYTES,
+            });
+        }
         Ok(Fields {
             key,
             time,
@@ -1169,6 +1201,34 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
+    }
+
+    #[test]
+    fn keys_and_ids_longer_than_the_limit_are_dead_letters() {
+        let mut config = decoder_config("/customer_id", "/ts", Some("/event_id"));
+        config.max_record_bytes = 2 << 20;
+        let d = config.build();
+        let key = "k".repeat(1_000_000);
+        let record = format!(r#"{{"customer_id":"{key}","ts":1}}"#);
+        let dl = d.decode(0, 9, record.as_bytes()).unwrap_err();
+        assert_eq!(
+            dl.reason.to_string(),
+            "key at /customer_id is 1000000 bytes long, the limit is 4096 bytes"
+        );
+        assert_eq!(dl.reason.code(), "key_too_long");
+        assert!(dl.raw_prefix.len() < 4096, "only a prefix is kept");
+        let at_limit = format!(r#"{{"customer_id":"{}","ts":1}}"#, "k".repeat(4096));
+        assert!(d.decode(0, 1, at_limit.as_bytes()).is_ok());
+        let id = "i".repeat(4097);
+        let record = format!(r#"{{"customer_id":"c","ts":1,"event_id":"{id}"}}"#);
+        let dl = d.decode(0, 2, record.as_bytes()).unwrap_err();
+        assert_eq!(
+            (dl.reason.to_string().as_str(), dl.reason.code()),
+            (
+                "event id at /event_id is 4097 bytes long, the limit is 4096 bytes",
+                "id_too_long"
+            )
+        );
     }
 
     #[test]

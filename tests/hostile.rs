@@ -1,0 +1,165 @@
+//! Hostile input end to end: a job over records crafted to break a decoder (invalid
+//! UTF-8, deep nesting, a 50 MB record, a 1 MB key, impossible times, wrong types)
+//! mixed with good ones keeps running, dead-letters each bad one with its reason, and
+//! accounts for every record.
+
+mod common;
+
+use braid::log::WriterOptions;
+use common::{TempLog, ok, read_topic};
+use serde_json::Value;
+
+const TOPOLOGY: &str = r#"
+name = "hostile"
+broker = { kind = "embedded", path = "@LOG@" }
+state = "@STATE@"
+
+[[source]]
+topic = "events"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[correlate]
+kind = "session"
+gap = "30m"
+
+[output]
+journeys = "out"
+late = "out.late"
+dead_letters = "out.dlq"
+"#;
+
+#[test]
+fn hostile_records_are_dead_letters_and_the_job_goes_on() {
+    let t = TempLog::new();
+    t.log.create_topic("events", 1).unwrap();
+    let good = |i: u32| {
+        format!(
+            r#"{{"customer_id":"c-{}","ts":{},"event_id":"e{i}"}}"#,
+            i % 3,
+            1_767_600_000_000u64 + u64::from(i) * 1_000
+        )
+    };
+    let deep = "[".repeat(100_000);
+    let huge = format!(
+        r#"{{"customer_id":"c-1","ts":1,"pad":"{}"}}"#,
+        "x".repeat(50 << 20)
+    );
+    let long_key = format!(r#"{{"customer_id":"{}","ts":1}}"#, "k".repeat(1_000_000));
+    let hostile: Vec<(Vec<u8>, &str)> = vec![
+        (b"\xff\xfe{}".to_vec(), "not_utf8"),
+        (deep.into_bytes(), "too_deep"),
+        (huge.into_bytes(), "too_large"),
+        (long_key.into_bytes(), "key_too_long"),
+        (Vec::new(), "empty"),
+        (
+            br#"{"customer_id":"c-1","ts":-62167219200001}"#.to_vec(),
+            "time_out_of_range",
+        ),
+        (
+            br#"{"customer_id":"c-1","ts":"10000-01-01T00:00:00Z"}"#.to_vec(),
+            "unparsable_time",
+        ),
+        (
+            br#"{"customer_id":"c-1","ts":"NaN"}"#.to_vec(),
+            "unparsable_time",
+        ),
+        (br#"{"customer_id":1.5,"ts":1}"#.to_vec(), "key_wrong_type"),
+        (
+            br#"{"customer_id":{"id":1},"ts":1}"#.to_vec(),
+            "key_wrong_type",
+        ),
+        (
+            br#"{"customer_id":"c-1","ts":true}"#.to_vec(),
+            "time_wrong_type",
+        ),
+        (br#"["customer_id"]"#.to_vec(), "not_object"),
+    ];
+    // Accepted although odd: an integer key, a time before 1970, a repeated member.
+    let odd: Vec<Vec<u8>> = vec![
+        br#"{"customer_id":42,"ts":1767600000000,"event_id":"o1"}"#.to_vec(),
+        br#"{"customer_id":"c-9","ts":-86400000,"event_id":"o2"}"#.to_vec(),
+        br#"{"customer_id":"c-0","customer_id":"c-8","ts":1767600000500,"event_id":"o3"}"#.to_vec(),
+    ];
+    let mut w = t.log.writer("events", 0, WriterOptions::default()).unwrap();
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for i in 0..30 {
+        records.push(good(i).into_bytes());
+        if let Some((bad, _)) = hostile.get(i as usize) {
+            records.push(bad.clone());
+        }
+    }
+    records.extend(odd);
+    w.append(records.iter().map(|r| (Some(&b"k"[..]), r.as_slice())))
+        .unwrap();
+    drop(w);
+
+    let state = t.dir.path().join("state");
+    let topology = t.dir.path().join("hostile.toml");
+    std::fs::write(
+        &topology,
+        TOPOLOGY
+            .replace("@LOG@", &t.path().display().to_string())
+            .replace("@STATE@", &state.display().to_string()),
+    )
+    .unwrap();
+    let summary_path = t.dir.path().join("summary.json");
+    ok(t.braid()
+        .arg("run")
+        .arg(&topology)
+        .args(["--bounded", "--summary-json"])
+        .arg(&summary_path)
+        .output()
+        .unwrap());
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert_eq!(n(&summary["records_in"]), records.len() as u64);
+
+    let dlq: Vec<Value> = read_topic(&t.log, "out.dlq")
+        .into_iter()
+        .map(|(_, r)| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    let mut codes: Vec<String> = dlq
+        .iter()
+        .map(|d| {
+            d["reason_code"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{d}"))
+                .to_owned()
+        })
+        .collect();
+    codes.sort();
+    let mut expected: Vec<&str> = hostile.iter().map(|(_, c)| *c).collect();
+    expected.sort();
+    assert_eq!(codes, expected);
+    // The 50 MB record is represented by its prefix, not copied whole.
+    let largest = read_topic(&t.log, "out.dlq")
+        .into_iter()
+        .map(|(_, r)| r.value.len())
+        .max()
+        .unwrap();
+    assert!(largest < 64 << 10, "{largest}");
+
+    let journeys: Vec<Value> = read_topic(&t.log, "out")
+        .into_iter()
+        .map(|(_, r)| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    let events: u64 = journeys
+        .iter()
+        .map(|j| j["events"].as_array().unwrap().len() as u64)
+        .sum();
+    assert_eq!(
+        events + n(&summary["late"]) + n(&summary["duplicates"]) + n(&summary["dead_letters"]),
+        n(&summary["records_in"]),
+        "every record accounted for"
+    );
+    let keys: Vec<&str> = journeys
+        .iter()
+        .map(|j| j["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"42") && keys.contains(&"c-9") && keys.contains(&"c-8"),
+        "{keys:?}"
+    );
+}
