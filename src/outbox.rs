@@ -35,9 +35,9 @@ use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack};
 /// Why output could not be published or recovered.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox: {0}")]
+    #[error("publishing output")]
     Log(#[from] LogError),
-    #[error("outbox: {0}")]
+    #[error("publishing output")]
     State(#[from] StateError),
     #[error(
         "state directory {dir}: outbox entry seq {seq} of output topic `{topic}` partition {partition} is corrupt ({reason}); restore the state directory or replay into a new one"
@@ -238,7 +238,9 @@ impl Outbox {
                 .push(e);
         }
         for ((topic, partition), batch) in &by_partition {
+            let dir = self.log.partition_dir(topic, *partition);
             let writer = self.writer(topic, *partition)?;
+            fail_point(CrashPoint::Publish).map_err(|source| LogError::Io { path: dir, source })?;
             writer.append(batch.iter().map(|e| (e.key.as_deref(), e.value.as_slice())))?;
             crash_point(CrashPoint::Publish);
         }
@@ -474,6 +476,31 @@ pub fn stall_point(point: CrashPoint) {
         tracing::warn!(point = %name, n, ms, "BRAID_STALL_AT reached: stalling");
         std::thread::sleep(std::time::Duration::from_millis(*ms));
         tracing::warn!(point = %name, n, "BRAID_STALL_AT: going on");
+    }
+}
+
+/// A test hook: with `BRAID_FAIL_AT=publish:<n>` the n-th output append fails with an
+/// injected "no space left on device" I/O error, as a full disk would make it fail (the
+/// job must stop with a clear error after its last good checkpoint, and a restart must
+/// go on exactly once). Unset, this is one relaxed atomic load.
+pub fn fail_point(point: CrashPoint) -> Result<(), std::io::Error> {
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let plan = PLAN.get_or_init(|| {
+        let text = std::env::var("BRAID_FAIL_AT").ok()?;
+        let (name, n) = text.split_once(':')?;
+        Some((name.to_owned(), n.parse().ok()?))
+    });
+    match plan {
+        Some((name, n))
+            if name == point.name() && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == *n =>
+        {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("No space left on device (injected by BRAID_FAIL_AT={name}:{n})"),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

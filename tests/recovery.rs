@@ -807,3 +807,33 @@ fn inspect_reads_the_state_while_the_job_runs_and_after_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once() {
+    let clean = reference(SMALL);
+    let job = Job::new(SMALL);
+    let mut cmd = job.run_cmd(&[]);
+    // The third append of output fails as on a full disk.
+    cmd.env("BRAID_FAIL_AT", "publish:3");
+    let out = common::output_within(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let stderr = common::stderr(&out);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let dir = job.log().root().display().to_string();
+    assert!(
+        line.starts_with(&format!(
+            "error: job customer-journey: publishing output: {dir}/customer.journey"
+        )) && line.ends_with(": No space left on device (injected by BRAID_FAIL_AT=publish:3)"),
+        "{line}"
+    );
+    let published = job.output_records();
+    assert!(published < clean.outputs.total());
+    // Space is back: the restart republishes what was committed and goes on.
+    let summary = job.run_to_end(&[]);
+    assert_eq!(n(&summary["resumed"]), 1);
+    assert!(n(&summary["republished"]) > 0);
+    assert_exactly_once(&job.outputs(), &clean.outputs, "after a failed append");
+}

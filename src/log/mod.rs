@@ -35,7 +35,7 @@ use partition::PartitionRef;
 /// Errors of the embedded log; each names the topic, partition and file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log directory {path}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
