@@ -36,18 +36,16 @@
 //! write-behind details); `seen` is rebuilt when a state is read back, not stored.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::hash::Hasher as _;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
+use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
     Checkpointed, CorrelationRecord, Inspect, JourneyId, LateArrival, OpenItem, Operator, Output,
-    RecordEvent, Topics, WindowedRecord, push_json_str,
+    RecordEvent, Topics, WindowedRecord, fingerprint, push_json_str,
 };
 use crate::decode::Event;
 
@@ -276,13 +274,6 @@ fn passed(deadline: i64, watermark: i64) -> bool {
     deadline < watermark || watermark == i64::MAX
 }
 
-fn fingerprint(source: u16, id: &str) -> u128 {
-    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6366, 0x6f6d_706c_6574_6521);
-    h.write(&source.to_le_bytes());
-    h.write(id.as_bytes());
-    h.finish128().as_u128()
-}
-
 /// When parts count and when a correlation closes (see the module doc).
 #[derive(Debug)]
 struct Rules {
@@ -343,22 +334,14 @@ impl CompleteOperator {
         would_join: Option<JourneyId>,
         out: &mut Vec<Output>,
     ) {
-        let topic = match self.topics.get(usize::from(event.source)) {
-            Some(t) => t.clone(),
-            None => Arc::from(format!("#{}", event.source)),
-        };
-        out.push(Output::Late(LateArrival {
-            topic,
-            source: event.source,
-            partition: event.partition,
-            offset: event.offset,
-            lateness_ms: event.time.saturating_sub(deadline).max(1),
-            key: event.key,
-            id: event.id,
-            time: event.time,
-            watermark: self.watermark,
+        let lateness = event.time.saturating_sub(deadline).max(1);
+        out.push(Output::Late(LateArrival::of(
+            event,
+            &self.topics,
+            self.watermark,
+            lateness,
             would_join,
-        }));
+        )));
     }
 
     /// The first part of a key without state: opens its correlation, unless that is
@@ -579,21 +562,7 @@ impl Operator for CompleteOperator {
         if let Some(fp) = fp
             && state.seen.contains(&fp)
         {
-            let Event {
-                source,
-                partition,
-                offset,
-                key,
-                id,
-                ..
-            } = event;
-            out.push(Output::Duplicate {
-                source,
-                partition,
-                offset,
-                key,
-                id: id.unwrap_or_default(),
-            });
+            out.push(Output::duplicate(event));
             return;
         }
         if let Some(emitted) = &state.emitted {
@@ -666,8 +635,12 @@ impl Operator for CompleteOperator {
 impl Checkpointed for CompleteOperator {
     type State = KeyState;
 
-    fn set_loader(&mut self, loader: Box<dyn KeyLoader<KeyState>>) {
-        self.cache.set_loader(loader);
+    fn key_cache(&self) -> &KeyCache<KeyState> {
+        &self.cache
+    }
+
+    fn key_cache_mut(&mut self) -> &mut KeyCache<KeyState> {
+        &mut self.cache
     }
 
     fn restore_key(&mut self, key: &str, state: KeyState) {
@@ -678,26 +651,6 @@ impl Checkpointed for CompleteOperator {
             Replaced::Cached(_) | Replaced::Evicted => self.drop_timers(&key),
         }
         self.add_timers(&key);
-    }
-
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&KeyState>)) {
-        self.cache.drain(epoch, f);
-    }
-
-    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
-        self.cache.evict(max_cached, committed_epoch)
-    }
-
-    fn cache_counts(&self) -> super::cache::CacheCounts {
-        self.cache.counts()
-    }
-
-    fn cached_keys(&self) -> usize {
-        self.cache.cached_len()
-    }
-
-    fn keys_with_state(&self) -> usize {
-        self.cache.len_with_evicted()
     }
 }
 

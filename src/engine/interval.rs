@@ -48,10 +48,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
+use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
     Checkpointed, CorrelationRecord, Inspect, JourneyId, LateArrival, OpenItem, Operator, Output,
-    RecordEvent, Topics, push_json_str, push_json_time,
+    RecordEvent, Topics, fingerprint, push_event_json, push_json_str,
 };
 use crate::decode::Event;
 use crate::topology::JoinType;
@@ -311,13 +311,6 @@ fn passed(deadline: i64, watermark: i64) -> bool {
     deadline < watermark || watermark == i64::MAX
 }
 
-fn fingerprint(source: u16, id: &str) -> u128 {
-    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_696e, 0x7465_7276_616c_2121);
-    h.write(&source.to_le_bytes());
-    h.write(id.as_bytes());
-    h.finish128().as_u128()
-}
-
 /// A row: per chain position, the index of its event in the key's held events.
 type Row = Vec<Option<usize>>;
 
@@ -433,25 +426,12 @@ impl IntervalOperator {
                 out.extend_from_slice(b"null");
                 continue;
             };
-            let e = &events[*i].event;
-            out.extend_from_slice(b"{\"topic\":");
-            push_json_str(&mut out, &self.topics[self.chain[pos]]);
-            let _ = write!(
-                out,
-                ",\"partition\":{},\"offset\":{},\"id\":",
-                e.partition, e.offset
+            push_event_json(
+                &mut out,
+                &self.topics[self.chain[pos]],
+                &events[*i].event,
+                self.include_payload,
             );
-            match &e.id {
-                Some(id) => push_json_str(&mut out, id),
-                None => out.extend_from_slice(b"null"),
-            }
-            out.extend_from_slice(b",\"time\":");
-            push_json_time(&mut out, e.time);
-            if self.include_payload {
-                out.extend_from_slice(b",\"payload\":");
-                out.extend_from_slice(e.payload.as_bytes());
-            }
-            out.push(b'}');
         }
         let matched = row.iter().all(Option::is_some);
         let _ = write!(out, "],\"matched\":{matched}}}");
@@ -544,25 +524,17 @@ impl IntervalOperator {
     }
 
     fn late(&self, event: Event, out: &mut Vec<Output>) {
-        let topic = match self.topics.get(usize::from(event.source)) {
-            Some(t) => t.clone(),
-            None => Arc::from(format!("#{}", event.source)),
-        };
-        out.push(Output::Late(LateArrival {
-            topic,
-            source: event.source,
-            partition: event.partition,
-            offset: event.offset,
-            lateness_ms: self
-                .watermark
-                .saturating_sub(event.time.saturating_add(self.grace))
-                .max(1),
-            key: event.key,
-            id: event.id,
-            time: event.time,
-            watermark: self.watermark,
-            would_join: None,
-        }));
+        let lateness = self
+            .watermark
+            .saturating_sub(event.time.saturating_add(self.grace))
+            .max(1);
+        out.push(Output::Late(LateArrival::of(
+            event,
+            &self.topics,
+            self.watermark,
+            lateness,
+            None,
+        )));
     }
 
     /// Adds a held event to `key`'s state (a new state when `state` is None), emits the
@@ -620,21 +592,7 @@ impl Operator for IntervalOperator {
         let state = match self.cache.get_mut(&event.key) {
             Lookup::Found(entry) => {
                 if fp.is_some_and(|fp| entry.state().seen.contains(&fp)) {
-                    let Event {
-                        source,
-                        partition,
-                        offset,
-                        key,
-                        id,
-                        ..
-                    } = event;
-                    out.push(Output::Duplicate {
-                        source,
-                        partition,
-                        offset,
-                        key,
-                        id: id.unwrap_or_default(),
-                    });
+                    out.push(Output::duplicate(event));
                     return;
                 }
                 self.cache.remove(&event.key)
@@ -691,8 +649,12 @@ impl Operator for IntervalOperator {
 impl Checkpointed for IntervalOperator {
     type State = KeyState;
 
-    fn set_loader(&mut self, loader: Box<dyn KeyLoader<KeyState>>) {
-        self.cache.set_loader(loader);
+    fn key_cache(&self) -> &KeyCache<KeyState> {
+        &self.cache
+    }
+
+    fn key_cache_mut(&mut self) -> &mut KeyCache<KeyState> {
+        &mut self.cache
     }
 
     fn restore_key(&mut self, key: &str, state: KeyState) {
@@ -703,26 +665,6 @@ impl Checkpointed for IntervalOperator {
         if let Some(t) = self.cache.cached(&key).and_then(|s| s.timer) {
             self.timers.insert((t, key));
         }
-    }
-
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&KeyState>)) {
-        self.cache.drain(epoch, f);
-    }
-
-    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
-        self.cache.evict(max_cached, committed_epoch)
-    }
-
-    fn cache_counts(&self) -> super::cache::CacheCounts {
-        self.cache.counts()
-    }
-
-    fn cached_keys(&self) -> usize {
-        self.cache.cached_len()
-    }
-
-    fn keys_with_state(&self) -> usize {
-        self.cache.len_with_evicted()
     }
 }
 

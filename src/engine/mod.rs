@@ -66,30 +66,52 @@ pub trait Operator {
 /// through the installed [`KeyLoader`].
 pub trait Checkpointed {
     /// One key's state, as persisted in the state store.
-    type State: Serialize + serde::de::DeserializeOwned + Send + 'static;
-    /// Installs the loader used for keys that are not cached. Without a loader nothing
-    /// is ever evicted and no load is attempted.
-    fn set_loader(&mut self, loader: Box<dyn KeyLoader<Self::State>>);
+    type State: Serialize + serde::de::DeserializeOwned + cache::CacheState + Send + 'static;
+    /// The operator's key cache; the methods below are written once over it.
+    fn key_cache(&self) -> &cache::KeyCache<Self::State>;
+    fn key_cache_mut(&mut self) -> &mut cache::KeyCache<Self::State>;
     /// Loads a key's persisted state (replacing any it has) and rebuilds what the
     /// operator derives from it (timers). The key is then clean and evictable at any
     /// committed epoch.
     fn restore_key(&mut self, key: &str, state: Self::State);
+    /// Installs the loader used for keys that are not cached. Without a loader nothing
+    /// is ever evicted and no load is attempted.
+    fn set_loader(&mut self, loader: Box<dyn KeyLoader<Self::State>>) {
+        self.key_cache_mut().set_loader(loader);
+    }
     /// Calls `f(key, Some(&state))` for every key whose state changed since the
     /// previous call and still has state, and `f(key, None)` for every such key whose
     /// stored state is now gone; each once, in no particular order. Afterwards these
     /// keys are clean and remembered as written at `epoch` (`epoch`s are increasing).
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&Self::State>));
+    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&Self::State>)) {
+        self.key_cache_mut().drain(epoch, f);
+    }
     /// Evicts clean keys last drained at an epoch `<= committed_epoch`, least recently
     /// drained first, until at most `max_cached` are cached; returns how many went.
-    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize;
-    /// Keys whose state is in memory now.
-    fn cached_keys(&self) -> usize;
-    /// Keys that have any state, cached or evicted.
-    fn keys_with_state(&self) -> usize;
-    /// How the key cache's lookups went so far (zeros for an operator without one).
-    fn cache_counts(&self) -> cache::CacheCounts {
-        cache::CacheCounts::default()
+    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
+        self.key_cache_mut().evict(max_cached, committed_epoch)
     }
+    /// Keys whose state is in memory now.
+    fn cached_keys(&self) -> usize {
+        self.key_cache().cached_len()
+    }
+    /// Keys that have any state, cached or evicted.
+    fn keys_with_state(&self) -> usize {
+        self.key_cache().len_with_evicted()
+    }
+    /// How the key cache's lookups went so far.
+    fn cache_counts(&self) -> cache::CacheCounts {
+        self.key_cache().counts()
+    }
+}
+
+/// A 128-bit fingerprint of (source, event id), so de-duplication keeps 16 bytes per
+/// event instead of a copy of the id. Distinct ids collide with probability 2⁻¹²⁸.
+pub(crate) fn fingerprint(source: u16, id: &str) -> u128 {
+    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
+    h.write(&source.to_le_bytes());
+    h.write(id.as_bytes());
+    h.finish128().as_u128()
 }
 
 /// One open window or correlation, as `braid inspect` shows it.
@@ -137,6 +159,27 @@ pub enum Output {
         offset: u64,
         key: String,
     },
+}
+
+impl Output {
+    /// The duplicate count for `event`.
+    pub fn duplicate(event: Event) -> Output {
+        let Event {
+            source,
+            partition,
+            offset,
+            key,
+            id,
+            ..
+        } = event;
+        Output::Duplicate {
+            source,
+            partition,
+            offset,
+            key,
+            id: id.unwrap_or_default(),
+        }
+    }
 }
 
 /// A rendered correlation record: its kind, deterministic id, key and JSON object.
@@ -321,24 +364,12 @@ impl WindowedRecord<'_> {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"topic\":");
-            push_json_str(&mut out, &topic_name(self.topics, e.source));
-            let _ = write!(
-                out,
-                ",\"partition\":{},\"offset\":{},\"id\":",
-                e.partition, e.offset
+            push_event_json(
+                &mut out,
+                &topic_name(self.topics, e.source),
+                e,
+                self.include_payload,
             );
-            match &e.id {
-                Some(id) => push_json_str(&mut out, id),
-                None => out.extend_from_slice(b"null"),
-            }
-            out.extend_from_slice(b",\"time\":");
-            push_json_time(&mut out, e.time);
-            if self.include_payload {
-                out.extend_from_slice(b",\"payload\":");
-                out.extend_from_slice(e.payload.as_bytes());
-            }
-            out.push(b'}');
         }
         out.extend_from_slice(b"],\"counts\":{");
         // Sources are few; a topic named twice (rejected by topology validation) is
@@ -399,6 +430,33 @@ pub struct LateArrival {
 }
 
 impl LateArrival {
+    /// The report for `event`, late by `lateness_ms` (what that means is the kind's
+    /// rule) when the watermark was `watermark`.
+    pub fn of(
+        event: Event,
+        topics: &Topics,
+        watermark: i64,
+        lateness_ms: i64,
+        would_join: Option<JourneyId>,
+    ) -> LateArrival {
+        let topic = match topics.get(usize::from(event.source)) {
+            Some(t) => t.clone(),
+            None => Arc::from(format!("#{}", event.source)),
+        };
+        LateArrival {
+            topic,
+            source: event.source,
+            partition: event.partition,
+            offset: event.offset,
+            key: event.key,
+            id: event.id,
+            time: event.time,
+            watermark,
+            lateness_ms,
+            would_join,
+        }
+    }
+
     /// The late-arrival output record (see the type's doc). After end of input
     /// (`watermark == i64::MAX`) `watermark` and `lateness_ms` are `null`.
     pub fn to_json(&self) -> Vec<u8> {
@@ -473,6 +531,29 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Appends one event of a record: `{"topic","partition","offset","id","time"}` plus
+/// `"payload"` (the raw JSON object) when payloads are on.
+fn push_event_json(out: &mut Vec<u8>, topic: &str, e: &RecordEvent, include_payload: bool) {
+    out.extend_from_slice(b"{\"topic\":");
+    push_json_str(out, topic);
+    let _ = write!(
+        out,
+        ",\"partition\":{},\"offset\":{},\"id\":",
+        e.partition, e.offset
+    );
+    match &e.id {
+        Some(id) => push_json_str(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"time\":");
+    push_json_time(out, e.time);
+    if include_payload {
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(e.payload.as_bytes());
+    }
+    out.push(b'}');
 }
 
 /// Appends an epoch-ms time as a quoted RFC 3339 UTC string with milliseconds. Every

@@ -64,15 +64,16 @@
 //!   no state and its timers are dropped, so timers never point at missing state.
 
 use std::collections::{BTreeSet, HashSet};
-use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
-use super::{Checkpointed, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics};
+use super::cache::{CacheState, KeyCache, Lookup, Replaced};
+use super::{
+    Checkpointed, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics,
+    fingerprint,
+};
 use crate::decode::Event;
 
 /// Longest accepted `gap`, `grace`, `retention` or `max_duration`: 100 years. Event
@@ -322,15 +323,6 @@ fn passed(deadline: i64, watermark: i64) -> bool {
     deadline < watermark || watermark == i64::MAX
 }
 
-/// A 128-bit fingerprint of (source, event id), so de-duplication keeps 16 bytes per
-/// event instead of a copy of the id. Distinct ids collide with probability 2⁻¹²⁸.
-fn fingerprint(source: u16, id: &str) -> u128 {
-    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
-    h.write(&source.to_le_bytes());
-    h.write(id.as_bytes());
-    h.finish128().as_u128()
-}
-
 /// The close deadline of a session: the last event time that can still join it,
 /// plus grace.
 fn close_deadline(gap: i64, grace: i64, max_span: i64, first: i64, last: i64) -> i64 {
@@ -403,22 +395,13 @@ impl SessionOperator {
         would_join: Option<JourneyId>,
         out: &mut Vec<Output>,
     ) {
-        let topic = match self.topics.get(usize::from(event.source)) {
-            Some(t) => t.clone(),
-            None => Arc::from(format!("#{}", event.source)),
-        };
-        out.push(Output::Late(LateArrival {
-            topic,
-            source: event.source,
-            partition: event.partition,
-            offset: event.offset,
-            key: event.key,
-            id: event.id,
-            time: event.time,
-            watermark: self.watermark,
-            lateness_ms: self.watermark.saturating_sub(deadline),
+        out.push(Output::Late(LateArrival::of(
+            event,
+            &self.topics,
+            self.watermark,
+            self.watermark.saturating_sub(deadline),
             would_join,
-        }));
+        )));
     }
 
     /// The first event of a key without state (never seen, all of it dropped, or lost
@@ -531,8 +514,12 @@ impl SessionOperator {
 impl Checkpointed for SessionOperator {
     type State = KeyState;
 
-    fn set_loader(&mut self, loader: Box<dyn KeyLoader<KeyState>>) {
-        self.cache.set_loader(loader);
+    fn key_cache(&self) -> &KeyCache<KeyState> {
+        &self.cache
+    }
+
+    fn key_cache_mut(&mut self) -> &mut KeyCache<KeyState> {
+        &mut self.cache
     }
 
     fn restore_key(&mut self, key: &str, state: KeyState) {
@@ -564,26 +551,6 @@ impl Checkpointed for SessionOperator {
             }
         }
     }
-
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&KeyState>)) {
-        self.cache.drain(epoch, f);
-    }
-
-    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
-        self.cache.evict(max_cached, committed_epoch)
-    }
-
-    fn cache_counts(&self) -> super::cache::CacheCounts {
-        self.cache.counts()
-    }
-
-    fn cached_keys(&self) -> usize {
-        self.cache.cached_len()
-    }
-
-    fn keys_with_state(&self) -> usize {
-        self.cache.len_with_evicted()
-    }
 }
 
 impl Operator for SessionOperator {
@@ -607,21 +574,7 @@ impl Operator for SessionOperator {
         if let Some(fp) = fp
             && state.seen.contains(&fp)
         {
-            let Event {
-                source,
-                partition,
-                offset,
-                key,
-                id,
-                ..
-            } = event;
-            out.push(Output::Duplicate {
-                source,
-                partition,
-                offset,
-                key,
-                id: id.unwrap_or_default(),
-            });
+            out.push(Output::duplicate(event));
             return;
         }
 

@@ -43,17 +43,15 @@
 //! key the store lost has its timers dropped.
 
 use std::collections::{BTreeSet, HashSet};
-use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use super::cache::{CacheState, KeyCache, KeyLoader, Lookup, Replaced};
+use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
     Checkpointed, CorrelationRecord, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics,
-    WindowedRecord,
+    WindowedRecord, fingerprint,
 };
 use crate::decode::Event;
 
@@ -305,14 +303,6 @@ fn passed(deadline: i64, watermark: i64) -> bool {
     deadline < watermark || watermark == i64::MAX
 }
 
-/// A 128-bit fingerprint of (source, event id), as for sessions.
-fn fingerprint(source: u16, id: &str) -> u128 {
-    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
-    h.write(&source.to_le_bytes());
-    h.write(id.as_bytes());
-    h.finish128().as_u128()
-}
-
 impl WindowOperator {
     /// The highest watermark seen.
     pub fn watermark(&self) -> i64 {
@@ -357,22 +347,13 @@ impl WindowOperator {
         would_join: Option<JourneyId>,
         out: &mut Vec<Output>,
     ) {
-        let topic = match self.topics.get(usize::from(event.source)) {
-            Some(t) => t.clone(),
-            None => Arc::from(format!("#{}", event.source)),
-        };
-        out.push(Output::Late(LateArrival {
-            topic,
-            source: event.source,
-            partition: event.partition,
-            offset: event.offset,
-            key: event.key,
-            id: event.id,
-            time: event.time,
-            watermark: self.watermark,
-            lateness_ms: self.watermark.saturating_sub(deadline),
+        out.push(Output::Late(LateArrival::of(
+            event,
+            &self.topics,
+            self.watermark,
+            self.watermark.saturating_sub(deadline),
             would_join,
-        }));
+        )));
     }
 
     /// Emits the open window of `key` starting at `start` (its close timer has just
@@ -461,8 +442,12 @@ impl WindowOperator {
 impl Checkpointed for WindowOperator {
     type State = KeyState;
 
-    fn set_loader(&mut self, loader: Box<dyn KeyLoader<KeyState>>) {
-        self.cache.set_loader(loader);
+    fn key_cache(&self) -> &KeyCache<KeyState> {
+        &self.cache
+    }
+
+    fn key_cache_mut(&mut self) -> &mut KeyCache<KeyState> {
+        &mut self.cache
     }
 
     fn restore_key(&mut self, key: &str, state: KeyState) {
@@ -496,26 +481,6 @@ impl Checkpointed for WindowOperator {
             .collect();
         self.closes.extend(closes);
         self.expiries.extend(expiries);
-    }
-
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&KeyState>)) {
-        self.cache.drain(epoch, f);
-    }
-
-    fn evict(&mut self, max_cached: usize, committed_epoch: u64) -> usize {
-        self.cache.evict(max_cached, committed_epoch)
-    }
-
-    fn cache_counts(&self) -> super::cache::CacheCounts {
-        self.cache.counts()
-    }
-
-    fn cached_keys(&self) -> usize {
-        self.cache.cached_len()
-    }
-
-    fn keys_with_state(&self) -> usize {
-        self.cache.len_with_evicted()
     }
 }
 
@@ -574,21 +539,7 @@ impl Operator for WindowOperator {
             if let Some(fp) = fp
                 && state.seen.contains(&fp)
             {
-                let Event {
-                    source,
-                    partition,
-                    offset,
-                    key,
-                    id,
-                    ..
-                } = event;
-                out.push(Output::Duplicate {
-                    source,
-                    partition,
-                    offset,
-                    key,
-                    id: id.unwrap_or_default(),
-                });
+                out.push(Output::duplicate(event));
                 return;
             }
         }
