@@ -30,10 +30,17 @@ command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust with ru
 if ! command -v c++ >/dev/null 2>&1; then
   apt_install g++ || { say "no C++ compiler and cannot install g++: install it and retry"; exit 1; }
 fi
+# Only libclang itself counts: libclang-cpp (the C++ interface, on some images without
+# libclang) matches bindgen's `libclang-*.so.*` pattern but is not what it loads.
 have_libclang() {
-  [ -n "${LIBCLANG_PATH:-}" ] && ls "$LIBCLANG_PATH"/libclang*.so* >/dev/null 2>&1 && return 0
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1
+  local f
+  for f in ${LIBCLANG_PATH:+"$LIBCLANG_PATH"/libclang*.so*} /usr/lib/llvm-*/lib/libclang*.so* \
+           /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so*; do
+    case "${f##*/}" in
+      libclang.so* | libclang-[0-9]*.so*) [ -e "$f" ] && return 0 ;;
+    esac
+  done
+  return 1
 }
 if ! have_libclang; then
   apt_install libclang-dev ||
