@@ -12,7 +12,6 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::engine::{Inspect, OpenItem, complete, interval, session, window};
 use crate::job::JobSnapshot;
@@ -159,7 +158,7 @@ fn older(candidate: &Open, than: Option<&Open>) -> bool {
     than.is_none_or(|o| (candidate.start_ms, &candidate.key) < (o.start_ms, &o.key))
 }
 
-fn scan<S: DeserializeOwned + Inspect>(
+fn scan<S: crate::state::Persist + Inspect>(
     store: &StateStore,
     required: &[u16],
 ) -> Result<Scan, StateError> {
@@ -286,7 +285,7 @@ mod tests {
     use super::*;
     use crate::decode::Event;
     use crate::engine::{Checkpointed, Operator, SessionConfig};
-    use crate::state::{Checkpoint, StateOptions, encode, encode_packed};
+    use crate::state::{Checkpoint, StateOptions, encode};
     use crate::time::WatermarkSnapshot;
 
     fn plan() -> Plan {
@@ -343,10 +342,7 @@ journeys = "cj.out"
             op.on_event(ev(o as u16 % 2, o, k, t), 90, &mut out);
         }
         op.on_watermark(200, &mut out);
-        let mut upserts = Vec::new();
-        op.drain_changes(1, &mut |key, state| {
-            upserts.push((key.to_owned(), encode_packed("ks", state.unwrap()).unwrap()));
-        });
+        let writes = op.drain_writes(1, &mut Vec::new()).unwrap();
         let dir = tmp.path().join("state");
         let store = StateStore::open(&dir, 1, StateOptions::default()).unwrap();
         let snapshot = JobSnapshot {
@@ -359,10 +355,12 @@ journeys = "cj.out"
         };
         store
             .commit(Checkpoint {
-                upserts: upserts
+                upserts: writes
+                    .heads
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect(),
+                chunks: &writes.chunks,
                 positions: vec![("page.viewed", 0, 2), ("order.placed", 0, 2)],
                 watermarks: Some(encode("snapshot", &snapshot).unwrap()),
                 ..Checkpoint::default()
@@ -437,19 +435,18 @@ journeys = "of.out"
         ] {
             op.on_event(ev(s, o, k, t), i64::MIN, &mut out);
         }
-        let mut upserts = Vec::new();
-        op.drain_changes(1, &mut |key, state| {
-            upserts.push((key.to_owned(), encode_packed("ks", state.unwrap()).unwrap()));
-        });
+        let writes = op.drain_writes(1, &mut Vec::new()).unwrap();
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path().join("state");
         let store = StateStore::open(&dir, 1, StateOptions::default()).unwrap();
         store
             .commit(Checkpoint {
-                upserts: upserts
+                upserts: writes
+                    .heads
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect(),
+                chunks: &writes.chunks,
                 ..Checkpoint::default()
             })
             .unwrap();

@@ -40,7 +40,6 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecoderConfig, Event};
@@ -55,7 +54,7 @@ use crate::outbox::{
 };
 use crate::replay::Range;
 use crate::state::{
-    Checkpoint, OutboxEntry, StateError, StateOptions, StateStore, encode, encode_packed_with,
+    Checkpoint, KeyWrites, OutboxEntry, Persist, StateError, StateOptions, StateStore, encode,
 };
 use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
 use crate::topology::{Broker, Correlation, Plan};
@@ -212,8 +211,7 @@ enum ToCommitter {
 /// One stage's share of a checkpoint.
 enum Part {
     Shard {
-        upserts: Vec<(String, Vec<u8>)>,
-        deletes: Vec<String>,
+        writes: KeyWrites,
         duplicates: u64,
         unjoined: u64,
         /// Most windows open at once since the previous barrier.
@@ -1034,7 +1032,7 @@ struct StoreLoader {
     failed: Arc<Mutex<Option<StateError>>>,
 }
 
-impl<S: DeserializeOwned> KeyLoader<S> for StoreLoader {
+impl<S: Persist> KeyLoader<S> for StoreLoader {
     fn load(&mut self, key: &str) -> Option<S> {
         match self.store.key(key) {
             Ok(state) => state,
@@ -1107,22 +1105,8 @@ impl Shard {
                         op.on_watermark(w, &mut outputs);
                     }
                     ShardMsg::Barrier(epoch) => {
-                        let mut upserts = Vec::new();
-                        let mut deletes = Vec::new();
-                        let mut encode_error = None;
-                        op.drain_changes(epoch, &mut |key, state| match state {
-                            Some(s) => match encode_packed_with(&mut scratch, "a key state", s) {
-                                Ok(bytes) => upserts.push((key.to_owned(), bytes)),
-                                Err(e) => encode_error = Some(e),
-                            },
-                            None => deletes.push(key.to_owned()),
-                        });
-                        if let Some(e) = encode_error {
-                            return Err(e);
-                        }
                         let part = Part::Shard {
-                            upserts,
-                            deletes,
+                            writes: op.drain_writes(epoch, &mut scratch)?,
                             duplicates: std::mem::take(&mut duplicates),
                             unjoined: std::mem::take(&mut unjoined),
                             open_windows_peak: std::mem::take(&mut open_windows_peak),
@@ -1256,8 +1240,7 @@ struct Gathering {
     arrived: usize,
     /// Per slot (shards, then the source), its output since the previous checkpoint.
     records: BTreeMap<usize, Vec<OutRecord>>,
-    upserts: Vec<(String, Vec<u8>)>,
-    deletes: Vec<String>,
+    writes: KeyWrites,
     positions: Vec<(String, u32, u64)>,
     watermarks: Option<WatermarkSnapshot>,
     /// Sum over shards of their peak open windows.
@@ -1450,16 +1433,14 @@ fn commit_loop(
                 g.records.insert(from, std::mem::take(&mut pending[from]));
                 match part {
                     Part::Shard {
-                        upserts,
-                        deletes,
+                        writes,
                         duplicates,
                         unjoined,
                         open_windows_peak,
                         keys,
                     } => {
                         g.keys += keys as u64;
-                        g.upserts.extend(upserts);
-                        g.deletes.extend(deletes);
+                        g.writes.append(writes);
                         g.open_windows += open_windows_peak as u64;
                         g.duplicates += duplicates;
                         counts.duplicates += duplicates;
@@ -1511,10 +1492,18 @@ fn commit_loop(
             producer: identity.producer.clone(),
             outputs: identity.outputs.clone(),
         };
-        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = g.upserts.into_iter().unzip();
+        let KeyWrites {
+            heads,
+            deletes,
+            chunks,
+            chunk_deletes,
+        } = g.writes;
+        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = heads.into_iter().unzip();
         let checkpoint = Checkpoint {
             upserts: keys.iter().map(String::as_str).zip(values).collect(),
-            deletes: g.deletes.iter().map(String::as_str).collect(),
+            deletes: deletes.iter().map(String::as_str).collect(),
+            chunks: &chunks,
+            chunk_deletes: &chunk_deletes,
             positions: g
                 .positions
                 .iter()
@@ -1533,6 +1522,9 @@ fn commit_loop(
             deletes = written.deletes,
             outbox = written.outbox,
             bytes = written.bytes,
+            head_bytes = written.head_bytes,
+            chunk_bytes = written.chunk_bytes,
+            outbox_bytes = written.outbox_bytes,
             "checkpoint committed"
         );
         let commit_seconds = commit_started.elapsed().as_secs_f64();

@@ -665,7 +665,7 @@ fn state_is_bounded_by_open_windows_not_by_input_and_empty_after_a_bounded_run()
 fn key_states(dir: &std::path::Path) -> usize {
     let store = braid::state::StateStore::open_read_only(dir).unwrap();
     store
-        .keys::<serde::de::IgnoredAny, _>(|_| true)
+        .keys::<braid::engine::session::KeyState, _>(|_| true)
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
         .len()

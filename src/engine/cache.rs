@@ -28,10 +28,12 @@
 //!   ([`Lookup::Lost`]), so the operator drops what else it keeps for the key (timers
 //!   never point at missing state).
 
+use std::collections::VecDeque;
 use std::collections::hash_map;
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+
+use super::{FastMap, FastSet};
 
 /// Reads back the committed state of an evicted key. Implemented by the runtime over
 /// the state store; tests implement it over a HashMap. `None` means "no stored state".
@@ -86,14 +88,14 @@ struct Cached<S> {
 #[derive(Debug)]
 pub struct KeyCache<S> {
     /// The cached keys.
-    keys: HashMap<Arc<str>, Cached<S>>,
+    keys: FastMap<Arc<str>, Cached<S>>,
     /// Keys with state in the store only; disjoint from `keys`.
-    evicted: HashSet<Arc<str>>,
+    evicted: FastSet<Arc<str>>,
     /// Keys marked dirty since the last drain; an entry whose key has since gone or
     /// been restored clean, or that was listed again after a removal, is skipped.
     dirty: Vec<Arc<str>>,
     /// Keys whose stored state vanished since the last drain (to report as `None`).
-    removed: HashSet<Arc<str>>,
+    removed: FastSet<Arc<str>>,
     /// (drain epoch, key) in drain order, the eviction order; stale entries allowed.
     drain_order: VecDeque<(u64, Arc<str>)>,
     /// Highest epoch drained so far.
@@ -162,10 +164,10 @@ fn mark_dirty<S>(cached: &mut Cached<S>, dirty: &mut Vec<Arc<str>>) {
 impl<S> Default for KeyCache<S> {
     fn default() -> Self {
         KeyCache {
-            keys: HashMap::new(),
-            evicted: HashSet::new(),
+            keys: FastMap::default(),
+            evicted: FastSet::default(),
             dirty: Vec::new(),
-            removed: HashSet::new(),
+            removed: FastSet::default(),
             drain_order: VecDeque::new(),
             last_drain: 0,
             loader: Loader(None),
@@ -309,12 +311,15 @@ impl<S: CacheState> KeyCache<S> {
         (key, replaced)
     }
 
-    /// Calls `f(key, Some(&state))` for every key whose state changed since the
+    /// Calls `f(key, Some(&mut state))` for every key whose state changed since the
     /// previous drain and still has state, and `f(key, None)` for every such key whose
     /// stored state is now gone. Afterwards these keys are clean, and remembered as
     /// "written at `epoch`" (`epoch`s are increasing). Each changed key is reported
     /// once, in no particular order.
-    pub fn drain(&mut self, epoch: u64, mut f: impl FnMut(&str, Option<&S>)) {
+    ///
+    /// `f` may change the state as it writes it (what the state knows of its stored
+    /// form); a state it leaves empty has written its own deletion, and leaves the cache.
+    pub fn drain(&mut self, epoch: u64, mut f: impl FnMut(&str, Option<&mut S>)) {
         self.last_drain = self.last_drain.max(epoch);
         for key in self.dirty.drain(..) {
             if let Some(c) = self.keys.get_mut(&key)
@@ -323,8 +328,12 @@ impl<S: CacheState> KeyCache<S> {
                 c.dirty = false;
                 c.stored = true;
                 c.drained = epoch;
-                f(&key, Some(&c.state));
-                self.drain_order.push_back((epoch, key));
+                f(&key, Some(&mut c.state));
+                if c.state.is_empty() {
+                    self.keys.remove(&key);
+                } else {
+                    self.drain_order.push_back((epoch, key));
+                }
             }
         }
         for key in self.removed.drain() {
@@ -408,7 +417,7 @@ impl<S: CacheState> KeyCache<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::sync::Mutex;
 
     use proptest::prelude::*;
@@ -496,6 +505,22 @@ mod tests {
 
     fn reported(keys: &[(&str, Option<u32>)]) -> Vec<(String, Option<u32>)> {
         keys.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_state_its_writer_empties_leaves_the_cache() {
+        let mut cache = KeyCache::new();
+        set(&mut cache, "a", 1);
+        set(&mut cache, "b", 2);
+        cache.drain(1, |key, state| {
+            if key == "a" {
+                *state.unwrap() = V(0);
+            }
+        });
+        assert_eq!(cache.cached_len(), 1);
+        assert_eq!(found(&mut cache, "a"), None);
+        assert_eq!(found(&mut cache, "b"), Some(2));
+        assert_eq!(drain(&mut cache, 2), vec![]);
     }
 
     #[test]

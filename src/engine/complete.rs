@@ -35,7 +35,7 @@
 //! Per-key state lives in a [`KeyCache`] like the other kinds' (session.rs has the
 //! write-behind details); `seen` is rebuilt when a state is read back, not stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
-    Checkpointed, CorrelationRecord, Inspect, JourneyId, LateArrival, OpenItem, Operator, Output,
-    RecordEvent, Topics, WindowedRecord, fingerprint, push_json_str,
+    Checkpointed, CorrelationRecord, FastSet, Inspect, JourneyId, LateArrival, OpenItem, Operator,
+    Output, RecordEvent, Topics, WindowedRecord, fingerprint, push_json_str,
 };
 use crate::decode::Event;
 
@@ -220,7 +220,7 @@ pub struct KeyState {
     pub open: Option<OpenCorrelation>,
     pub emitted: Option<EmittedCorrelation>,
     #[serde(skip_serializing)]
-    pub seen: HashSet<u128>,
+    pub seen: FastSet<u128>,
 }
 
 /// A [`KeyState`] as stored: without `seen`.
@@ -245,6 +245,8 @@ impl From<StoredKeyState> for KeyState {
         }
     }
 }
+
+impl crate::state::StoredWhole for KeyState {}
 
 impl CacheState for KeyState {
     fn is_empty(&self) -> bool {

@@ -39,7 +39,7 @@
 //! [`KeyCache`]; a key's rows are recomputed from its held events when it is due, so the
 //! state is just the events, their flags and the rows already emitted with nulls.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::hash::Hasher as _;
 use std::io::Write as _;
 use std::sync::Arc;
@@ -50,8 +50,8 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
-    Checkpointed, CorrelationRecord, Inspect, JourneyId, LateArrival, OpenItem, Operator, Output,
-    RecordEvent, Topics, fingerprint, push_event_json, push_json_str,
+    Checkpointed, CorrelationRecord, FastSet, Inspect, JourneyId, LateArrival, OpenItem, Operator,
+    Output, RecordEvent, Topics, fingerprint, push_event_json, push_json_str,
 };
 use crate::decode::Event;
 use crate::topology::JoinType;
@@ -238,7 +238,7 @@ pub struct KeyState {
     /// The key's pending timer, if any.
     pub timer: Option<i64>,
     #[serde(skip_serializing)]
-    pub seen: HashSet<u128>,
+    pub seen: FastSet<u128>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +268,8 @@ impl From<StoredKeyState> for KeyState {
         }
     }
 }
+
+impl crate::state::StoredWhole for KeyState {}
 
 impl CacheState for KeyState {
     fn is_empty(&self) -> bool {

@@ -66,7 +66,7 @@ pub trait Operator {
 /// through the installed [`KeyLoader`].
 pub trait Checkpointed {
     /// One key's state, as persisted in the state store.
-    type State: Serialize + serde::de::DeserializeOwned + cache::CacheState + Send + 'static;
+    type State: crate::state::Persist + cache::CacheState + Send + 'static;
     /// The operator's key cache; the methods below are written once over it.
     fn key_cache(&self) -> &cache::KeyCache<Self::State>;
     fn key_cache_mut(&mut self) -> &mut cache::KeyCache<Self::State>;
@@ -79,12 +79,35 @@ pub trait Checkpointed {
     fn set_loader(&mut self, loader: Box<dyn KeyLoader<Self::State>>) {
         self.key_cache_mut().set_loader(loader);
     }
-    /// Calls `f(key, Some(&state))` for every key whose state changed since the
+    /// Calls `f(key, Some(&mut state))` for every key whose state changed since the
     /// previous call and still has state, and `f(key, None)` for every such key whose
     /// stored state is now gone; each once, in no particular order. Afterwards these
     /// keys are clean and remembered as written at `epoch` (`epoch`s are increasing).
-    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&Self::State>)) {
+    /// `f` writes the state ([`crate::state::Persist::write`]), which may update it.
+    fn drain_changes(&mut self, epoch: u64, f: &mut dyn FnMut(&str, Option<&mut Self::State>)) {
         self.key_cache_mut().drain(epoch, f);
+    }
+    /// [`Checkpointed::drain_changes`], each changed key written for a checkpoint
+    /// (packed through `scratch`, a buffer the caller keeps across checkpoints).
+    fn drain_writes(
+        &mut self,
+        epoch: u64,
+        scratch: &mut Vec<u8>,
+    ) -> Result<crate::state::KeyWrites, crate::state::StateError> {
+        let mut writes = crate::state::KeyWrites::default();
+        let mut failed = None;
+        self.drain_changes(epoch, &mut |key, state| {
+            let mut w = crate::state::StateWriter::new(key, &mut writes, scratch);
+            match state {
+                Some(s) => {
+                    if let Err(e) = crate::state::Persist::write(s, &mut w) {
+                        failed.get_or_insert(e);
+                    }
+                }
+                None => w.delete(),
+            }
+        });
+        failed.map_or(Ok(writes), Err)
     }
     /// Evicts clean keys last drained at an epoch `<= committed_epoch`, least recently
     /// drained first, until at most `max_cached` are cached; returns how many went.
@@ -104,6 +127,13 @@ pub trait Checkpointed {
         self.key_cache().counts()
     }
 }
+
+/// The hash maps and sets of the operators' per-event paths. Keys come from producers,
+/// so the hasher is seeded per map (no precomputed collisions), but it is several times
+/// cheaper than the standard library's SipHash on short strings and on fingerprints.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A 128-bit fingerprint of (source, event id), so de-duplication keeps 16 bytes per
 /// event instead of a copy of the id. Distinct ids collide with probability 2⁻¹²⁸.

@@ -2,31 +2,31 @@
 //! loader side of the write-behind cache) and the random event streams of the model
 //! proptests (shuffled within a disorder bound, with late records and re-sends).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use serde::de::DeserializeOwned;
 
 use super::{Checkpointed, KeyLoader};
 use crate::decode::Event;
+use crate::state::{KeyWrites, Persist, StateWriter, unpack};
 
-/// Drained key states, shared by a test and the operator's loader; stored as
-/// postcard bytes like the runtime's store, and counting loads.
+/// Drained key states, shared by a test and the operator's loader; written and read
+/// back through [`Persist`] like the runtime's store (heads and chunks), counting loads.
 #[derive(Clone, Default)]
 pub struct MapStore {
+    /// Heads, unpacked.
     pub states: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Chunks by (key, id), unpacked.
+    pub chunks: Arc<Mutex<BTreeMap<(String, u32), Vec<u8>>>>,
     pub loads: Arc<AtomicUsize>,
 }
 
-impl<S: DeserializeOwned> KeyLoader<S> for MapStore {
+impl<S: Persist> KeyLoader<S> for MapStore {
     fn load(&mut self, key: &str) -> Option<S> {
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let states = self.states.lock().unwrap();
-        states
-            .get(key)
-            .map(|bytes| postcard::from_bytes(bytes).unwrap())
+        self.stored(key)
     }
 }
 
@@ -37,18 +37,32 @@ impl MapStore {
         store
     }
 
+    /// The stored state of `key`, read back as the loader does (without counting).
+    pub fn stored<S: Persist>(&self, key: &str) -> Option<S> {
+        let states = self.states.lock().unwrap();
+        let head = states.get(key)?;
+        let chunks: Vec<(u32, Vec<u8>)> = self
+            .chunks
+            .lock()
+            .unwrap()
+            .range((key.to_owned(), 0)..=(key.to_owned(), u32::MAX))
+            .map(|((_, id), bytes)| (*id, bytes.clone()))
+            .collect();
+        Some(S::read(head, &chunks).unwrap())
+    }
+
     /// Drains `op`'s changes into the store at `epoch`; returns the reported keys
-    /// (sorted) and whether each still has state. Fails on a key reported twice.
+    /// (sorted) and whether each still has state. Fails on a key reported twice, and
+    /// on a chunk written twice or deleted while absent.
     pub fn drain<O: Checkpointed>(&self, op: &mut O, epoch: u64) -> Vec<(String, bool)> {
-        let mut reported = Vec::new();
-        let mut states = self.states.lock().unwrap();
-        op.drain_changes(epoch, &mut |key, state| {
-            reported.push((key.to_string(), state.is_some()));
-            match state {
-                Some(s) => states.insert(key.into(), postcard::to_allocvec(s).unwrap()),
-                None => states.remove(key),
-            };
-        });
+        let writes = op.drain_writes(epoch, &mut Vec::new()).unwrap();
+        let mut reported: Vec<(String, bool)> = writes
+            .heads
+            .iter()
+            .map(|(k, _)| (k.clone(), true))
+            .chain(writes.deletes.iter().map(|k| (k.clone(), false)))
+            .collect();
+        self.apply(writes);
         reported.sort();
         let mut keys: Vec<&String> = reported.iter().map(|(k, _)| k).collect();
         keys.dedup();
@@ -58,6 +72,52 @@ impl MapStore {
             "a key reported twice: {reported:?}"
         );
         reported
+    }
+
+    /// Stores `state` for `key` as a checkpoint would (a store restored from).
+    pub fn put<S: Persist>(&self, key: &str, state: &mut S) {
+        let mut writes = KeyWrites::default();
+        let mut scratch = Vec::new();
+        state
+            .write(&mut StateWriter::new(key, &mut writes, &mut scratch))
+            .unwrap();
+        self.apply(writes);
+    }
+
+    fn apply(&self, writes: KeyWrites) {
+        let mut states = self.states.lock().unwrap();
+        let mut chunks = self.chunks.lock().unwrap();
+        for (key, id) in writes.chunk_deletes {
+            assert!(
+                chunks.remove(&(key, id)).is_some(),
+                "deleted an absent chunk"
+            );
+        }
+        for (key, id, bytes) in writes.chunks {
+            let old = chunks.insert((key, id), unpack(&bytes).unwrap());
+            assert!(old.is_none(), "a chunk written twice");
+        }
+        for (key, bytes) in writes.heads {
+            states.insert(key, unpack(&bytes).unwrap());
+        }
+        for key in writes.deletes {
+            states.remove(&key);
+            let left = chunks
+                .range((key.clone(), 0)..=(key.clone(), u32::MAX))
+                .count();
+            assert_eq!(left, 0, "key {key} deleted with chunks left");
+        }
+    }
+
+    /// Whether nothing at all is stored (no head, no chunk).
+    pub fn is_empty(&self) -> bool {
+        self.states.lock().unwrap().is_empty() && self.chunks.lock().unwrap().is_empty()
+    }
+
+    /// Forgets everything (a store that lost its data).
+    pub fn clear(&self) {
+        self.states.lock().unwrap().clear();
+        self.chunks.lock().unwrap().clear();
     }
 
     pub fn loads(&self) -> usize {

@@ -42,7 +42,7 @@
 //! remembered windows leaves the cache, timers stay in memory for evicted keys, and a
 //! key the store lost has its timers dropped.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
-    Checkpointed, CorrelationRecord, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics,
-    WindowedRecord, fingerprint,
+    Checkpointed, CorrelationRecord, FastSet, JourneyId, LateArrival, Operator, Output,
+    RecordEvent, Topics, WindowedRecord, fingerprint,
 };
 use crate::decode::Event;
 
@@ -223,7 +223,7 @@ pub struct KeyState {
     pub open: Vec<i64>,
     pub emitted: Vec<EmittedWindow>,
     #[serde(skip_serializing)]
-    pub seen: HashSet<u128>,
+    pub seen: FastSet<u128>,
 }
 
 impl super::Inspect for KeyState {
@@ -265,6 +265,8 @@ impl From<StoredKeyState> for KeyState {
         }
     }
 }
+
+impl crate::state::StoredWhole for KeyState {}
 
 impl CacheState for KeyState {
     /// A key with neither open nor remembered windows has no state (`events` and
@@ -1077,7 +1079,7 @@ mod tests {
         assert_eq!(store.loads(), 3);
         assert_empty(&op);
         store.drain(&mut op, 3);
-        assert!(store.states.lock().unwrap().is_empty());
+        assert!(store.is_empty());
     }
 
     #[test]
@@ -1089,7 +1091,7 @@ mod tests {
         op.on_event(ev(0, 1, "j", 1, None), i64::MIN, &mut out);
         store.drain(&mut op, 1);
         assert_eq!(op.evict(0, 1), 2);
-        store.states.lock().unwrap().clear();
+        store.clear();
         op.on_event(ev(0, 2, "j", 25, None), i64::MIN, &mut out);
         assert_eq!((op.open_windows(), op.keys_with_state()), (2, 2));
         op.on_watermark(i64::MAX, &mut out);
@@ -1398,7 +1400,7 @@ mod tests {
             prop_assert_eq!(&cached.outputs, &plain.outputs);
             assert_empty(&op);
             store.drain(&mut op, epoch + 1);
-            prop_assert!(store.states.lock().unwrap().is_empty());
+            prop_assert!(store.is_empty());
         }
     }
 }

@@ -8,7 +8,8 @@
 //! | `meta`      | `b"fingerprint"`                      | u128 big-endian (the plan fingerprint) |
 //! | `meta`      | `b"watermarks"`                       | postcard-encoded watermark snapshot    |
 //! | `positions` | `str(topic) ‖ u32be(partition)`       | u64 big-endian: next offset to read    |
-//! | `keys`      | the correlation key's UTF-8 bytes     | postcard-encoded operator `KeyState`   |
+//! | `keys`      | the correlation key's UTF-8 bytes     | packed head of the key's state         |
+//! | `chunks`    | `str(key) ‖ u32be(chunk id)`          | packed chunk of the key's events       |
 //! | `outbox`    | `str(topic) ‖ u32be(partition) ‖ u64be(seq)` | postcard-encoded record (key, value) |
 //!
 //! `str(s)` is the order-preserving escaped form of a string: every 0x00 byte becomes
@@ -19,18 +20,23 @@
 //! are big-endian for the same reason (little-endian would put seq 256 before seq 1).
 //!
 //! The `keys` CF holds only correlation keys, so it needs no framing: the key is stored
-//! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap.
+//! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap. A key's
+//! head is its whole state for most kinds; kinds that keep events apart (sessions) store
+//! each event once, in a chunk written at the checkpoint after it arrived, and the head
+//! lists the chunks (`crate::state::StateWriter`). `str(key)` frames chunk keys so that
+//! one key's chunks are exactly the keys with prefix `str(key)`, in id order.
 
 /// Version of this layout; stored in `meta` on creation and checked on open.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Column family names.
 pub const CF_META: &str = "meta";
 pub const CF_POSITIONS: &str = "positions";
 pub const CF_KEYS: &str = "keys";
 pub const CF_OUTBOX: &str = "outbox";
+pub const CF_CHUNKS: &str = "chunks";
 /// All column families a braid state store has (besides RocksDB's `default`).
-pub const ALL_CFS: [&str; 4] = [CF_META, CF_POSITIONS, CF_KEYS, CF_OUTBOX];
+pub const ALL_CFS: [&str; 5] = [CF_META, CF_POSITIONS, CF_KEYS, CF_OUTBOX, CF_CHUNKS];
 
 /// Keys in the `meta` column family.
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -146,6 +152,32 @@ pub fn decode_state_key(key: &[u8]) -> Result<&str, KeyError> {
     std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)
 }
 
+/// The prefix of every chunk of `key` in the `chunks` CF.
+pub fn chunk_prefix(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + 4);
+    push_str(&mut out, key);
+    out
+}
+
+/// Key of one chunk of a correlation key's events in the `chunks` CF.
+pub fn chunk_key(key: &str, id: u32) -> Vec<u8> {
+    let mut out = chunk_prefix(key);
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
+pub fn decode_chunk_key(key: &[u8]) -> Result<(String, u32), KeyError> {
+    let (k, rest) = take_str(key)?;
+    let (id, rest) = take_u32(rest)?;
+    if !rest.is_empty() {
+        return Err(KeyError::BadLength {
+            expected: 0,
+            found: rest.len(),
+        });
+    }
+    Ok((k, id))
+}
+
 /// Decodes exactly eight big-endian bytes (position values, outbox seqs).
 pub fn decode_u64(bytes: &[u8]) -> Result<u64, KeyError> {
     let buf: [u8; 8] = bytes.try_into().map_err(|_| KeyError::BadLength {
@@ -184,6 +216,17 @@ mod tests {
         fn position_keys_round_trip(topic in tricky_string(), partition in any::<u32>()) {
             let decoded = decode_position_key(&position_key(&topic, partition)).unwrap();
             prop_assert_eq!(decoded, (topic, partition));
+        }
+
+        #[test]
+        fn chunk_keys_round_trip_sort_like_tuples_and_share_the_key_prefix(
+            a in (tricky_string(), any::<u32>()),
+            b in (tricky_string(), any::<u32>()),
+        ) {
+            let (ka, kb) = (chunk_key(&a.0, a.1), chunk_key(&b.0, b.1));
+            prop_assert_eq!(decode_chunk_key(&ka).unwrap(), a.clone());
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            prop_assert_eq!(kb.starts_with(&chunk_prefix(&a.0)), a.0 == b.0);
         }
 
         #[test]
