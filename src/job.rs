@@ -1516,6 +1516,7 @@ fn commit_loop(
         stall_point(CrashPoint::Commit);
         let commit_started = Instant::now();
         let written = store.commit(checkpoint)?;
+        let commit_seconds = commit_started.elapsed().as_secs_f64();
         tracing::debug!(
             epoch,
             upserts = written.upserts,
@@ -1525,9 +1526,9 @@ fn commit_loop(
             head_bytes = written.head_bytes,
             chunk_bytes = written.chunk_bytes,
             outbox_bytes = written.outbox_bytes,
+            commit_ms = (commit_seconds * 1000.0) as u64,
             "checkpoint committed"
         );
-        let commit_seconds = commit_started.elapsed().as_secs_f64();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
         counts.checkpoint_bytes += written.bytes as u64;

@@ -240,6 +240,17 @@ impl JourneyId {
         h.write(&start.to_le_bytes());
         JourneyId(h.finish128().as_u128())
     }
+
+    /// Appends the id as its `Display` form (32 lowercase hex digits), cheaply: every
+    /// output record carries one.
+    pub(crate) fn push_hex(self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.extend(
+            (0..32)
+                .rev()
+                .map(|i| HEX[((self.0 >> (i * 4)) & 0xf) as usize]),
+        );
+    }
 }
 
 impl fmt::Display for JourneyId {
@@ -382,7 +393,7 @@ impl WindowedRecord<'_> {
         out.extend_from_slice(b"{\"kind\":");
         push_json_str(&mut out, self.kind);
         out.extend_from_slice(b",\"id\":\"");
-        let _ = write!(out, "{}", self.id);
+        self.id.push_hex(&mut out);
         out.extend_from_slice(b"\",\"key\":");
         push_json_str(&mut out, self.key);
         out.extend_from_slice(b",\"window\":{\"start\":");
@@ -568,11 +579,13 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 fn push_event_json(out: &mut Vec<u8>, topic: &str, e: &RecordEvent, include_payload: bool) {
     out.extend_from_slice(b"{\"topic\":");
     push_json_str(out, topic);
-    let _ = write!(
-        out,
-        ",\"partition\":{},\"offset\":{},\"id\":",
-        e.partition, e.offset
-    );
+    // Every event of every record: integers without the formatting machinery.
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b",\"partition\":");
+    out.extend_from_slice(n.format(e.partition).as_bytes());
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(n.format(e.offset).as_bytes());
+    out.extend_from_slice(b",\"id\":");
     match &e.id {
         Some(id) => push_json_str(out, id),
         None => out.extend_from_slice(b"null"),
@@ -683,6 +696,16 @@ mod tests {
             JourneyId::new("customer-journey", "c-1", 1_767_600_000_000)
         );
         assert_eq!(id.to_string().len(), 32);
+        for id in [
+            id,
+            JourneyId(0),
+            JourneyId(u128::MAX),
+            JourneyId(0xabc << 64),
+        ] {
+            let mut hex = Vec::new();
+            id.push_hex(&mut hex);
+            assert_eq!(String::from_utf8(hex).unwrap(), format!("{id}"));
+        }
         assert_ne!(JourneyId::new("ab", "c", 0), JourneyId::new("a", "bc", 0));
         assert_ne!(
             id,

@@ -911,6 +911,15 @@ mod tests {
         ids: Vec<u64>,
     }
 
+    proptest::proptest! {
+        #[test]
+        fn pack_is_lz4_with_the_size_prepended_and_unpacks(raw in proptest::collection::vec(0u8..4, 0..5000)) {
+            let packed = pack(&raw);
+            proptest::prop_assert_eq!(&packed, &lz4_flex::block::compress_prepend_size(&raw));
+            proptest::prop_assert_eq!(unpack(&packed).unwrap(), raw);
+        }
+    }
+
     impl StoredWhole for Ks {}
     impl StoredWhole for u8 {}
     impl StoredWhole for Vec<u64> {}
