@@ -1547,6 +1547,10 @@ fn commit_loop(
             m.outbox_depth.add(entries.len() as i64);
             m.duplicates.inc_by(g.duplicates);
         }
+        // The stored (packed) copy is in RocksDB now; the publisher needs only the value.
+        for e in &mut entries {
+            e.stored = Vec::new();
+        }
         let publication = Publication {
             entries,
             born,
