@@ -12,6 +12,9 @@ use super::{Checkpointed, KeyLoader};
 use crate::decode::Event;
 use crate::state::{KeyWrites, Persist, StateWriter, unpack};
 
+/// Stored chunks by (key, chunk id).
+pub type Chunks = BTreeMap<(String, u32), Vec<u8>>;
+
 /// Drained key states, shared by a test and the operator's loader; written and read
 /// back through [`Persist`] like the runtime's store (heads and chunks), counting loads.
 #[derive(Clone, Default)]
@@ -19,7 +22,7 @@ pub struct MapStore {
     /// Heads, unpacked.
     pub states: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     /// Chunks by (key, id), unpacked.
-    pub chunks: Arc<Mutex<BTreeMap<(String, u32), Vec<u8>>>>,
+    pub chunks: Arc<Mutex<Chunks>>,
     pub loads: Arc<AtomicUsize>,
 }
 
