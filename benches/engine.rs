@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use braid::datagen::{GenConfig, JOURNEY_TOPICS, RecordClass};
 use braid::decode::{DecoderConfig, Event};
-use braid::engine::{Operator, SessionConfig};
+use braid::engine::{Checkpointed, Operator, SessionConfig};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: u64 = 100_000;
@@ -101,6 +101,34 @@ fn session(c: &mut Criterion) {
                 }
                 op.on_watermark(i64::MAX, &mut out);
                 black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // The same, written behind as a job does: every 4096 events a checkpoint drains the
+    // changed keys into their heads and chunks (packed), the hot path of state encoding.
+    group.bench_function("with_checkpoints_every_4096_events", |b| {
+        b.iter_batched(
+            || (config.clone().build().unwrap(), events.clone()),
+            |(mut op, events)| {
+                let mut out = Vec::new();
+                let mut scratch = Vec::new();
+                let mut bytes = 0;
+                let mut max = i64::MIN;
+                for (i, e) in events.into_iter().enumerate() {
+                    max = max.max(e.time);
+                    op.on_event(e, max - 5_000, &mut out);
+                    if i % 1024 == 0 {
+                        op.on_watermark(max - 5_000, &mut out);
+                        out.clear();
+                    }
+                    if i % 4096 == 4095 {
+                        let w = op.drain_writes(i as u64, &mut scratch).unwrap();
+                        bytes += w.chunks.iter().map(|c| c.2.len()).sum::<usize>();
+                    }
+                }
+                op.on_watermark(i64::MAX, &mut out);
+                black_box((out.len(), bytes))
             },
             BatchSize::LargeInput,
         )
