@@ -360,6 +360,27 @@ fn validate_reports_every_problem_at_once_and_exits_2() {
 }
 
 #[test]
+fn on_a_fluvio_broker_topic_names_follow_fluvios_rule() {
+    let f = "tests/fixtures/topology/fluvio_names.toml";
+    let out = common::braid()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["validate", f])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let hint = "hint: on Fluvio, use lowercase letters, digits and '-' (not first or last), at most 63 characters, e.g. \"page-viewed\"";
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}:6:9: source[0].topic: invalid topic name \"page.viewed\": it contains '.', which Fluvio does not allow in topic names ({hint})\n\
+             {f}:20:12: output.journeys: invalid topic name \"Customer-Journey\": it contains 'C', which Fluvio does not allow in topic names ({hint})\n\
+             {f}:21:8: output.late: invalid topic name \"journey-late-\": Fluvio topic names cannot start or end with '-' ({hint})\n\
+             error: {f} is not a valid topology (3 problems)\n"
+        )
+    );
+}
+
+#[test]
 fn every_shipped_topology_validates_through_the_cli() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies");
     let mut n = 0;

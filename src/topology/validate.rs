@@ -9,7 +9,7 @@
 
 use super::diag::{Diagnostics, closest, list, quoted};
 use super::duration::{self, Human};
-use super::name::{NAME_RULE, validate_topic_name};
+use super::name::{FLUVIO_NAME_RULE, NAME_RULE, validate_fluvio_topic_name, validate_topic_name};
 use super::plan::{
     Broker, CheckpointPolicy, Correlation, Join, JoinType, Limits, Outputs, Plan, Source,
     TimePolicy,
@@ -55,7 +55,7 @@ const TOP: Range<usize> = 0..0;
 /// pass or an earlier one.
 pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan> {
     let name = match &raw.name {
-        Some(name) => check_name(name, "name", "job name", d),
+        Some(name) => check_name(name, "name", "job name", false, d),
         None => {
             missing(
                 TOP,
@@ -67,6 +67,7 @@ pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan
         }
     };
     let broker = validate_broker(raw.broker.as_ref(), d);
+    let fluvio = matches!(broker, Some(Broker::Fluvio { .. }));
     let state = match (&raw.state, &name) {
         (Some(state), _) if state.get_ref().is_empty() => {
             d.report(state.span(), "state", "the state directory is empty", None);
@@ -77,7 +78,7 @@ pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan
         (None, None) => None,
     };
     let shards = validate_shards(raw.shards.as_ref(), d);
-    let sources = validate_sources(raw.source.as_deref().unwrap_or_default(), d);
+    let sources = validate_sources(raw.source.as_deref().unwrap_or_default(), fluvio, d);
     let topics: Vec<&str> = sources.iter().filter_map(|s| s.topic()).collect();
     let correlation = match &raw.correlate {
         Some(correlate) => validate_correlate(correlate, &sources, d),
@@ -89,7 +90,7 @@ pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan
     };
     let time = validate_time(raw.time.as_ref(), d);
     let output = match &raw.output {
-        Some(output) => validate_output(output, &topics, d),
+        Some(output) => validate_output(output, &topics, fluvio, d),
         None => missing_section(
             "output",
             "add an [output] section with journeys = \"<topic>\"",
@@ -126,18 +127,28 @@ fn missing(at: Range<usize>, field: &str, hint: &str, d: &mut Diagnostics<'_>) {
     d.report(at, field, "missing required field", Some(hint.to_owned()));
 }
 
-/// Checks a job or topic name; `what` is "job name" or "topic name".
+/// Checks a job or topic name; `what` is "job name" or "topic name"; `fluvio` applies
+/// Fluvio's stricter rule for topics (see the `name` module).
 fn check_name(
     value: &Spanned<String>,
     field: &str,
     what: &str,
+    fluvio: bool,
     d: &mut Diagnostics<'_>,
 ) -> Option<String> {
-    match validate_topic_name(value.get_ref()) {
+    let (checked, rule) = if fluvio {
+        (
+            validate_fluvio_topic_name(value.get_ref()),
+            FLUVIO_NAME_RULE,
+        )
+    } else {
+        (validate_topic_name(value.get_ref()), NAME_RULE)
+    };
+    match checked {
         Ok(()) => Some(value.get_ref().clone()),
         Err(reason) => {
             let message = format!("invalid {what} {}: {reason}", quoted(value.get_ref()));
-            d.report(value.span(), field, message, Some(NAME_RULE.to_owned()));
+            d.report(value.span(), field, message, Some(rule.to_owned()));
             None
         }
     }
@@ -397,7 +408,11 @@ impl CheckedSource {
     }
 }
 
-fn validate_sources(raw: &[Spanned<RawSource>], d: &mut Diagnostics<'_>) -> Vec<CheckedSource> {
+fn validate_sources(
+    raw: &[Spanned<RawSource>],
+    fluvio: bool,
+    d: &mut Diagnostics<'_>,
+) -> Vec<CheckedSource> {
     if raw.is_empty() && !d.reported("source") {
         d.report(
             TOP,
@@ -418,7 +433,7 @@ fn validate_sources(raw: &[Spanned<RawSource>], d: &mut Diagnostics<'_>) -> Vec<
         match &s.topic {
             None => missing(at.clone(), &path("topic"), "add topic = \"page.viewed\"", d),
             Some(t) => {
-                if check_name(t, &path("topic"), "topic name", d).is_some() {
+                if check_name(t, &path("topic"), "topic name", fluvio, d).is_some() {
                     match checked.iter().find(|c| c.topic() == Some(t.get_ref())) {
                         Some(first) => d.report(
                             t.span(),
@@ -1011,11 +1026,12 @@ fn validate_time(time: Option<&Spanned<RawTime>>, d: &mut Diagnostics<'_>) -> Op
 fn validate_output(
     output: &Spanned<RawOutput>,
     sources: &[&str],
+    fluvio: bool,
     d: &mut Diagnostics<'_>,
 ) -> Option<Outputs> {
     let o = output.get_ref();
     let topic = |value: &Spanned<String>, field: &str, d: &mut Diagnostics<'_>| {
-        let name = check_name(value, field, "topic name", d)?;
+        let name = check_name(value, field, "topic name", fluvio, d)?;
         if sources.contains(&name.as_str()) {
             d.report(
                 value.span(),
