@@ -241,30 +241,30 @@ state = "/var/lib/braid/orders"
 shards = 3
 
 [[source]]
-topic = "payment.processed"
+topic = "payment-processed"
 key = "/order_id"
 time = "/at"
 id = "/id"
 start = "offset:42"
 
 [[source]]
-topic = "shipment.created"
+topic = "shipment-created"
 key = "/order_id"
 time = "/at"
 start = "timestamp:2024-05-01T00:00:00Z"
 
 [[source]]
-topic = "coupon.used"
+topic = "coupon-used"
 key = "/order_id"
 time = "/at"
 start = "end"
 
 [correlate]
 kind = "complete"
-required = ["payment.processed", "shipment.created"]
-optional = ["coupon.used"]
+required = ["payment-processed", "shipment-created"]
+optional = ["coupon-used"]
 timeout = "2h"
-deadline = { "payment.processed" = "15m" }
+deadline = { "payment-processed" = "15m" }
 
 [time]
 out_of_orderness = "10s"
@@ -272,9 +272,9 @@ grace = "1m"
 idle_timeout = "2m"
 
 [output]
-journeys = "order.fulfilment"
-late = "order.fulfilment"
-dead_letters = "order.dlq"
+journeys = "order-fulfilment"
+late = "order-fulfilment"
+dead_letters = "order-dlq"
 include_payload = false
 
 [limits]
@@ -302,20 +302,20 @@ max_records = 10000
         assert_eq!(
             plan.correlation,
             Correlation::Complete {
-                required: vec!["payment.processed".into(), "shipment.created".into()],
-                optional: vec!["coupon.used".into()],
+                required: vec!["payment-processed".into(), "shipment-created".into()],
+                optional: vec!["coupon-used".into()],
                 timeout: Duration::from_secs(7200),
                 deadlines: [
-                    ("payment.processed".to_owned(), Duration::from_secs(900)),
-                    ("shipment.created".to_owned(), Duration::from_secs(7200)),
+                    ("payment-processed".to_owned(), Duration::from_secs(900)),
+                    ("shipment-created".to_owned(), Duration::from_secs(7200)),
                 ]
                 .into(),
             }
         );
         assert_eq!(plan.time.grace, Duration::from_secs(60));
         // Naming the journeys topic again for late reports is redundant, not an error.
-        assert_eq!(plan.output.late, "order.fulfilment");
-        assert_eq!(plan.output.dead_letters, "order.dlq");
+        assert_eq!(plan.output.late, "order-fulfilment");
+        assert_eq!(plan.output.dead_letters, "order-dlq");
         assert!(!plan.output.include_payload);
         assert_eq!(plan.limits.max_record_bytes, 65536);
         assert_eq!(plan.checkpoint.interval, Duration::from_millis(500));
@@ -838,14 +838,16 @@ type = "left"
                 "t.toml:2:42: broker.endpoint: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)"
             ]
         );
-        let plan = parse(
-            &with(
-                "name = \"journeys\"",
-                "name = \"journeys\"\nbroker = { kind = \"fluvio\" }",
-            ),
-            FILE,
-        )
-        .unwrap();
+        // On Fluvio, topic names follow Fluvio's rule (the `name` module).
+        let on_fluvio = with(
+            "name = \"journeys\"",
+            "name = \"journeys\"\nbroker = { kind = \"fluvio\" }",
+        );
+        assert_eq!(
+            problems(&on_fluvio)[0],
+            "t.toml:5:9: source[0].topic: invalid topic name \"page.viewed\": it contains '.', which Fluvio does not allow in topic names (hint: on Fluvio, use lowercase letters, digits and '-' (not first or last), at most 63 characters, e.g. \"page-viewed\")"
+        );
+        let plan = parse(&on_fluvio.replace(".", "-"), FILE).unwrap();
         assert_eq!(plan.broker, Broker::Fluvio { endpoint: None });
     }
 
