@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use braid::datagen::{GenConfig, JOURNEY_TOPICS, RecordClass};
 use braid::decode::{DecoderConfig, Event};
-use braid::engine::{Checkpointed, Operator, SessionConfig};
+use braid::engine::{Checkpointed, Operator, SessionConfig, SessionOperator};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: u64 = 100_000;
@@ -88,20 +88,7 @@ fn session(c: &mut Criterion) {
     group.bench_function("on_event_and_watermark", |b| {
         b.iter_batched(
             || (config.clone().build().unwrap(), events.clone()),
-            |(mut op, events)| {
-                let mut out = Vec::new();
-                let mut max = i64::MIN;
-                for (i, e) in events.into_iter().enumerate() {
-                    max = max.max(e.time);
-                    op.on_event(e, max - 5_000, &mut out);
-                    if i % 1024 == 0 {
-                        op.on_watermark(max - 5_000, &mut out);
-                        out.clear();
-                    }
-                }
-                op.on_watermark(i64::MAX, &mut out);
-                black_box(out.len())
-            },
+            |(mut op, events)| black_box(feed(&mut op, events, None)),
             BatchSize::LargeInput,
         )
     });
@@ -110,30 +97,39 @@ fn session(c: &mut Criterion) {
     group.bench_function("with_checkpoints_every_4096_events", |b| {
         b.iter_batched(
             || (config.clone().build().unwrap(), events.clone()),
-            |(mut op, events)| {
-                let mut out = Vec::new();
-                let mut scratch = Vec::new();
-                let mut bytes = 0;
-                let mut max = i64::MIN;
-                for (i, e) in events.into_iter().enumerate() {
-                    max = max.max(e.time);
-                    op.on_event(e, max - 5_000, &mut out);
-                    if i % 1024 == 0 {
-                        op.on_watermark(max - 5_000, &mut out);
-                        out.clear();
-                    }
-                    if i % 4096 == 4095 {
-                        let w = op.drain_writes(i as u64, &mut scratch).unwrap();
-                        bytes += w.chunks.iter().map(|c| c.2.len()).sum::<usize>();
-                    }
-                }
-                op.on_watermark(i64::MAX, &mut out);
-                black_box((out.len(), bytes))
-            },
+            |(mut op, events)| black_box(feed(&mut op, events, Some(4096))),
             BatchSize::LargeInput,
         )
     });
     group.finish();
+}
+
+/// Feeds `events` with a watermark 5 s behind the largest time every 1024 events, and
+/// drains the changes every `checkpoint_every` events; returns the outputs of the last
+/// watermark and the chunk bytes written.
+fn feed(
+    op: &mut SessionOperator,
+    events: Vec<Event>,
+    checkpoint_every: Option<usize>,
+) -> (usize, usize) {
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    let mut bytes = 0;
+    let mut max = i64::MIN;
+    for (i, e) in events.into_iter().enumerate() {
+        max = max.max(e.time);
+        op.on_event(e, max - 5_000, &mut out);
+        if i % 1024 == 0 {
+            op.on_watermark(max - 5_000, &mut out);
+            out.clear();
+        }
+        if checkpoint_every.is_some_and(|n| i % n == n - 1) {
+            let w = op.drain_writes(i as u64, &mut scratch).unwrap();
+            bytes += w.chunks.iter().map(|c| c.2.len()).sum::<usize>();
+        }
+    }
+    op.on_watermark(i64::MAX, &mut out);
+    (out.len(), bytes)
 }
 
 criterion_group!(benches, decode, session);

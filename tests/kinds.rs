@@ -109,6 +109,15 @@ fn run_shipped(file: &str, correlate: Option<&str>, output: &str) -> Ran {
     }
 }
 
+/// (topic, partition, offset) of an event inside a record.
+fn coordinates(e: &Value) -> (String, u64, u64) {
+    (
+        e["topic"].as_str().unwrap().to_string(),
+        e["partition"].as_u64().unwrap(),
+        e["offset"].as_u64().unwrap(),
+    )
+}
+
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap()
 }
@@ -153,11 +162,7 @@ fn check_windows(
         assert_eq!(counted, events.len() as u64);
         for e in events {
             assert!(e["payload"].is_object());
-            distinct.insert((
-                e["topic"].as_str().unwrap().to_string(),
-                e["partition"].as_u64().unwrap(),
-                e["offset"].as_u64().unwrap(),
-            ));
+            distinct.insert(coordinates(e));
         }
         in_records += events.len() as u64;
     }
@@ -228,11 +233,7 @@ fn customer_journey_puts_every_record_in_exactly_one_place() {
         assert_eq!(ms(&j["window"]["end"]), times[times.len() - 1] + 1_800_000);
         for e in events {
             assert!(e["payload"].is_object());
-            distinct.insert((
-                e["topic"].as_str().unwrap().to_string(),
-                e["partition"].as_u64().unwrap(),
-                e["offset"].as_u64().unwrap(),
-            ));
+            distinct.insert(coordinates(e));
         }
         in_journeys += events.len() as u64;
     }
