@@ -546,6 +546,38 @@ fn sigterm_checkpoints_publishes_and_exits_0_and_the_restart_finishes_exactly_on
     );
 }
 
+#[test]
+fn a_second_run_on_a_state_directory_in_use_is_refused_and_the_first_finishes() {
+    let clean = reference(LARGE);
+    let job = Job::new(LARGE);
+    job.create_outputs();
+    let watcher = job.watch_outputs();
+    // The first run's second commit waits 5 s: its first output is the sign that it
+    // holds the state directory open, and the wait keeps it open meanwhile.
+    let mut first = job.spawn(&[], &[("BRAID_STALL_AT", "commit:2:5000")]);
+    let status = common::await_exit_or(&mut first, &watcher, LIMIT, || job.output_records() > 0);
+    assert!(
+        status.is_none(),
+        "the first run ended early:\n{}",
+        job.stderr()
+    );
+    let refused = failure(&job);
+    assert_eq!(
+        refused,
+        format!(
+            "error: job customer-journey: state directory {} is locked by another open store (another `braid run` on the same state?)\n",
+            job.state.display()
+        )
+    );
+    let status = common::await_exit_or(&mut first, &watcher, LIMIT, || false).expect("exited");
+    assert_eq!(status.code(), Some(0), "{}", job.stderr());
+    assert_exactly_once(
+        &job.outputs(),
+        &clean.outputs,
+        "beside a refused second run",
+    );
+}
+
 /// Appends `garbage` to the newest segment of every output partition written so far (the
 /// one the crash interrupted among them), as a crash in the middle of an append leaves it.
 /// Returns how many were torn.
