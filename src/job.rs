@@ -1520,6 +1520,7 @@ fn commit_loop(
         tracing::debug!(
             epoch,
             upserts = written.upserts,
+            chunks = written.chunks,
             deletes = written.deletes,
             outbox = written.outbox,
             bytes = written.bytes,

@@ -170,6 +170,20 @@ impl Job {
             .expect("spawn braid run")
     }
 
+    /// Spawns a bounded run and waits for its first published output, which exists only
+    /// once a checkpoint is committed; fails if the run ends before that.
+    fn spawn_until_output(&self, env: &[(&str, &str)], watcher: &TailWatcher) -> Child {
+        let mut child = self.spawn(&[], env);
+        let status =
+            common::await_exit_or(&mut child, watcher, LIMIT, || self.output_records() > 0);
+        assert!(
+            status.is_none(),
+            "the run ended ({status:?}) before its first output:\n{}",
+            self.stderr()
+        );
+        child
+    }
+
     /// The stderr of the last [`Job::spawn`]ed run.
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.path("stderr.txt")).unwrap_or_default()
@@ -509,13 +523,7 @@ fn sigterm_checkpoints_publishes_and_exits_0_and_the_restart_finishes_exactly_on
     let job = Job::new(LARGE);
     job.create_outputs();
     let watcher = job.watch_outputs();
-    let mut child = job.spawn(&[], &[]);
-    let status = common::await_exit_or(&mut child, &watcher, LIMIT, || job.output_records() > 0);
-    assert!(
-        status.is_none(),
-        "the run ended ({status:?}) before its first output:\n{}",
-        job.stderr()
-    );
+    let mut child = job.spawn_until_output(&[], &watcher);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -554,13 +562,7 @@ fn a_second_run_on_a_state_directory_in_use_is_refused_and_the_first_finishes() 
     let watcher = job.watch_outputs();
     // The first run's second commit waits 5 s: its first output is the sign that it
     // holds the state directory open, and the wait keeps it open meanwhile.
-    let mut first = job.spawn(&[], &[("BRAID_STALL_AT", "commit:2:5000")]);
-    let status = common::await_exit_or(&mut first, &watcher, LIMIT, || job.output_records() > 0);
-    assert!(
-        status.is_none(),
-        "the first run ended early:\n{}",
-        job.stderr()
-    );
+    let mut first = job.spawn_until_output(&[("BRAID_STALL_AT", "commit:2:5000")], &watcher);
     let refused = failure(&job);
     assert_eq!(
         refused,
@@ -796,16 +798,14 @@ fn inspect_reads_the_state_while_the_job_runs_and_after_it() {
         .iter()
         .map(|t| u64::from(job.log().topic(t).unwrap().partitions))
         .sum();
-    let mut child = job.spawn(&[], &[]);
-    let status = common::await_exit_or(&mut child, &watcher, LIMIT, || job.output_records() > 0);
+    // The second commit waits 5 s, so the run is still going while it is inspected
+    // (before, a run that had already finished skipped the live assertions).
+    let mut child = job.spawn_until_output(&[("BRAID_STALL_AT", "commit:2:5000")], &watcher);
     let live = inspect(&job);
-    if status.is_none() {
-        // Output appears only after a committed checkpoint, and a run of LARGE that is
-        // still going has customers with open sessions in it.
-        assert!(n(&live["checkpoint"]) >= 1, "{live}");
-        assert!(n(&live["open"]) > 0 && n(&live["keys"]) > 0, "{live}");
-        assert!(live["oldest"]["key"].is_string(), "{live}");
-    }
+    // A run of LARGE that has committed one checkpoint has customers with open sessions.
+    assert!(n(&live["checkpoint"]) >= 1, "{live}");
+    assert!(n(&live["open"]) > 0 && n(&live["keys"]) > 0, "{live}");
+    assert!(live["oldest"]["key"].is_string(), "{live}");
     assert_eq!(
         live["positions"].as_array().unwrap().len() as u64,
         partitions

@@ -57,12 +57,14 @@
 //! sessions:
 //! - Every mutation of a key's state (new or joined event, merge, emit, forget) marks
 //!   it dirty; duplicates and late events change nothing and mark nothing. A key whose
-//!   last session is forgotten leaves the cache (its stored copy is then deleted).
+//!   last session is forgotten leaves the cache once its stored chunks are deleted (at
+//!   the next drain, if it has any), and its stored head with it.
 //! - Timers stay in memory for every key, cached or evicted. An event or a due timer
 //!   of an evicted key reads it back first. If the loader has nothing for an evicted
 //!   key (a storage problem the runtime reports itself), the key is treated as having
 //!   no state and its timers are dropped, so timers never point at missing state.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,21 +294,12 @@ struct StoredSession {
     events: u64,
 }
 
-/// A [`KeyState`]'s head as written.
-#[derive(Serialize)]
+/// A [`KeyState`]'s head: borrowed from the state when written, owned when read back.
+#[derive(Serialize, Deserialize)]
 struct Head<'a> {
     open: Vec<StoredSession>,
-    emitted: &'a [EmittedSession],
-    chunks: &'a [u32],
-    next_chunk: u32,
-}
-
-/// A [`KeyState`]'s head as read back.
-#[derive(Deserialize)]
-struct StoredHead {
-    open: Vec<StoredSession>,
-    emitted: Vec<EmittedSession>,
-    chunks: Vec<u32>,
+    emitted: Cow<'a, [EmittedSession]>,
+    chunks: Cow<'a, [u32]>,
     next_chunk: u32,
 }
 
@@ -314,7 +307,9 @@ impl Persist for KeyState {
     const CHUNKED: bool = true;
 
     fn write(&mut self, w: &mut StateWriter<'_>) -> Result<(), StateError> {
-        if self.open.is_empty() || self.rewrite {
+        // Emitting a session with stored events sets `rewrite`, so once no session is
+        // open every chunk goes here too.
+        if self.rewrite {
             for id in self.chunks.drain(..) {
                 w.delete_chunk(id);
             }
@@ -354,16 +349,16 @@ impl Persist for KeyState {
                     events: s.events.len() as u64,
                 })
                 .collect(),
-            emitted: &self.emitted,
-            chunks: &self.chunks,
+            emitted: Cow::Borrowed(&self.emitted),
+            chunks: Cow::Borrowed(&self.chunks),
             next_chunk: self.next_chunk,
         })
     }
 
     fn read(head: &[u8], chunks: &[(u32, Vec<u8>)]) -> Result<Self, String> {
-        let head: StoredHead = postcard::from_bytes(head).map_err(|e| e.to_string())?;
+        let head: Head<'_> = postcard::from_bytes(head).map_err(|e| e.to_string())?;
         let ids: Vec<u32> = chunks.iter().map(|(id, _)| *id).collect();
-        if ids != head.chunks {
+        if ids[..] != *head.chunks {
             return Err(format!(
                 "the head lists chunks {:?}, the store holds {ids:?}",
                 head.chunks
@@ -418,9 +413,9 @@ impl Persist for KeyState {
         let seen = open_ids.chain(emitted_ids).collect();
         Ok(KeyState {
             open,
-            emitted: head.emitted,
+            emitted: head.emitted.into_owned(),
             seen,
-            chunks: head.chunks,
+            chunks: head.chunks.into_owned(),
             next_chunk: head.next_chunk,
             rewrite: false,
         })

@@ -94,12 +94,31 @@ fn take_str(bytes: &[u8]) -> Result<(String, &[u8]), KeyError> {
     Err(KeyError::Unterminated)
 }
 
+/// `str(s) ‖ u32be(n)`: position keys (topic, partition), chunk keys (key, chunk id)
+/// and the prefix of outbox keys (topic, partition).
+fn str_u32(s: &str, n: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2 + 4 + 8);
+    push_str(&mut out, s);
+    out.extend_from_slice(&n.to_be_bytes());
+    out
+}
+
+/// Reverses [`str_u32`]; nothing may follow.
+fn decode_str_u32(key: &[u8]) -> Result<(String, u32), KeyError> {
+    let (s, rest) = take_str(key)?;
+    let (n, rest) = take_u32(rest)?;
+    if !rest.is_empty() {
+        return Err(KeyError::BadLength {
+            expected: 0,
+            found: rest.len(),
+        });
+    }
+    Ok((s, n))
+}
+
 /// `str(topic) ‖ u32be(partition)`: the prefix shared by positions and outbox keys.
 pub fn partition_prefix(topic: &str, partition: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(topic.len() + 2 + 4 + 8);
-    push_str(&mut out, topic);
-    out.extend_from_slice(&partition.to_be_bytes());
-    out
+    str_u32(topic, partition)
 }
 
 fn take_u32(rest: &[u8]) -> Result<(u32, &[u8]), KeyError> {
@@ -118,15 +137,7 @@ pub fn position_key(topic: &str, partition: u32) -> Vec<u8> {
 }
 
 pub fn decode_position_key(key: &[u8]) -> Result<(String, u32), KeyError> {
-    let (topic, rest) = take_str(key)?;
-    let (partition, rest) = take_u32(rest)?;
-    if !rest.is_empty() {
-        return Err(KeyError::BadLength {
-            expected: 0,
-            found: rest.len(),
-        });
-    }
-    Ok((topic, partition))
+    decode_str_u32(key)
 }
 
 /// Key of one output record in the `outbox` CF.
@@ -161,21 +172,11 @@ pub fn chunk_prefix(key: &str) -> Vec<u8> {
 
 /// Key of one chunk of a correlation key's events in the `chunks` CF.
 pub fn chunk_key(key: &str, id: u32) -> Vec<u8> {
-    let mut out = chunk_prefix(key);
-    out.extend_from_slice(&id.to_be_bytes());
-    out
+    str_u32(key, id)
 }
 
 pub fn decode_chunk_key(key: &[u8]) -> Result<(String, u32), KeyError> {
-    let (k, rest) = take_str(key)?;
-    let (id, rest) = take_u32(rest)?;
-    if !rest.is_empty() {
-        return Err(KeyError::BadLength {
-            expected: 0,
-            found: rest.len(),
-        });
-    }
-    Ok((k, id))
+    decode_str_u32(key)
 }
 
 /// Decodes exactly eight big-endian bytes (position values, outbox seqs).
