@@ -50,13 +50,16 @@ use crate::engine::{
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
 use crate::outbox::{
-    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point, stall_point,
+    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point, fail_point,
+    stall_point,
 };
 use crate::replay::Range;
 use crate::state::{
     Checkpoint, KeyWrites, OutboxEntry, Persist, StateError, StateOptions, StateStore, encode,
 };
-use crate::time::{PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms};
+use crate::time::{
+    Backoff, PartitionId, WatermarkConfig, WatermarkSnapshot, Watermarks, wall_clock_ms,
+};
 use crate::topology::{Broker, Correlation, Plan};
 
 /// Why a job could not run.
@@ -151,6 +154,10 @@ pub struct Summary {
     /// Bytes of the checkpoint batches written to RocksDB (what the WAL and memtables
     /// took; flushes and compactions come on top).
     pub checkpoint_bytes: u64,
+    /// Publication attempts repeated after a failure (docs/semantics.md, "Delivery").
+    pub sink_retries: u64,
+    /// Source reads repeated after a failure.
+    pub source_retries: u64,
     /// The output topics written: journeys, late reports, dead letters.
     pub outputs: Vec<String>,
 }
@@ -348,6 +355,7 @@ pub fn run(
         .collect();
     let committed = Arc::new(AtomicU64::new(snapshot.epoch));
     let telemetry = opts.telemetry.clone();
+    let retry_for = plan.output.retry_for;
     let (commit_tx, commit_rx) = sync_channel::<ToCommitter>(CHANNEL_BATCHES * (shards + 1));
     let committer = {
         let store = store.clone();
@@ -361,7 +369,7 @@ pub fn run(
                     outputs,
                 };
                 committer_stage(
-                    &store, outbox, commit_rx, shards, &committed, identity, telemetry,
+                    &store, outbox, commit_rx, shards, &committed, identity, retry_for, telemetry,
                 )
             })
             .expect("spawn committer thread")
@@ -448,6 +456,8 @@ pub fn run(
         state_bytes_peak: counts.state_bytes_peak,
         checkpoint_bytes: counts.checkpoint_bytes,
         open_windows_peak: counts.open_windows_peak,
+        sink_retries: counts.sink_retries,
+        source_retries: source.retries,
         outputs: vec![
             plan.output.journeys.clone(),
             plan.output.late.clone(),
@@ -470,6 +480,132 @@ struct Input {
     /// Records read and not yet added to the metrics.
     records: u64,
     metrics: Option<InputMetrics>,
+    retry: Retrying,
+}
+
+impl Input {
+    /// Whether the partition is read in this pass.
+    fn readable(&self, now: Instant) -> bool {
+        !self.done && !self.paused && self.retry.due(now)
+    }
+}
+
+/// A bounded run gives up on a partition after this many failed reads in a row (about
+/// half a minute of backoff); a live run retries for as long as it runs.
+const BOUNDED_READ_ATTEMPTS: u32 = 10;
+
+/// Read failures of one source partition. An I/O error (a disk or network fault) is
+/// retried with [`Backoff`]: logged, counted, and shown by `/readyz` until a read
+/// succeeds. Meanwhile the partition is not caught up, so it holds the watermark back
+/// and no event of it can be judged late because of the fault.
+struct Retrying {
+    topic: String,
+    partition: u32,
+    dir: PathBuf,
+    /// Set while reads fail: the failures so far and when to try next.
+    failing: Option<(Backoff, Instant)>,
+    /// Reads repeated after a failure, in all.
+    retries: u64,
+}
+
+impl Retrying {
+    fn new(topic: &str, partition: u32, dir: PathBuf) -> Self {
+        Retrying {
+            topic: topic.to_owned(),
+            partition,
+            dir,
+            failing: None,
+            retries: 0,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.failing.as_ref().is_none_or(|(_, at)| now >= *at)
+    }
+
+    /// When the next attempt is due, while reads fail.
+    fn next_attempt(&self) -> Option<Instant> {
+        self.failing.as_ref().map(|(_, at)| *at)
+    }
+
+    /// Runs one read. Its I/O error becomes `Ok(None)` and a retry later, other errors
+    /// (corruption, a vanished topic) stop the job, and so does an I/O error that a
+    /// bounded run has retried [`BOUNDED_READ_ATTEMPTS`] times.
+    fn attempt<T>(
+        &mut self,
+        bounded: bool,
+        telemetry: Option<&Telemetry>,
+        read: impl FnOnce() -> Result<T, LogError>,
+    ) -> Result<Option<T>, LogError> {
+        let result = fail_point(CrashPoint::Read)
+            .map_err(|source| LogError::PartitionIo {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                path: self.dir.clone(),
+                source,
+            })
+            .and_then(|()| read());
+        let error = match result {
+            Ok(value) => {
+                if let Some((backoff, _)) = self.failing.take() {
+                    if let Some(t) = telemetry {
+                        let mut unreachable = t
+                            .health
+                            .unreachable
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        unreachable.remove(&(self.topic.clone(), self.partition));
+                    }
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        failures = backoff.failures(),
+                        "source partition readable again"
+                    );
+                }
+                return Ok(Some(value));
+            }
+            Err(e @ (LogError::Io { .. } | LogError::PartitionIo { .. })) => e,
+            Err(e) => return Err(e),
+        };
+        let (backoff, at) = self
+            .failing
+            .get_or_insert_with(|| (Backoff::default(), Instant::now()));
+        let delay = backoff.failed();
+        if bounded && backoff.failures() >= BOUNDED_READ_ATTEMPTS {
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.partition,
+                failures = backoff.failures(),
+                "reading a source partition keeps failing; giving up"
+            );
+            return Err(error);
+        }
+        *at = Instant::now() + delay;
+        self.retries += 1;
+        let chain = ErrorChain(&error).to_string();
+        // Health first: whoever reads the log line then finds the job unready.
+        if let Some(t) = telemetry {
+            t.metrics
+                .source_errors
+                .with_label_values(&[self.topic.as_str(), &self.partition.to_string()])
+                .inc();
+            let mut unreachable = t
+                .health
+                .unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            unreachable.insert((self.topic.clone(), self.partition), chain.clone());
+        }
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            error = %chain,
+            retry_in_ms = delay.as_millis() as u64,
+            "reading a source partition failed; retrying"
+        );
+        Ok(None)
+    }
 }
 
 /// One source partition's metric handles, looked up once.
@@ -514,6 +650,8 @@ impl From<LogError> for SourceError {
 struct SourceCounts {
     records_in: u64,
     dead_letters: u64,
+    /// Reads repeated after a failure.
+    retries: u64,
 }
 
 struct SourceStage<'a> {
@@ -640,6 +778,7 @@ impl SourceStage<'_> {
                     metrics: self
                         .telemetry
                         .map(|t| InputMetrics::new(&t.metrics, &src.topic, p)),
+                    retry: Retrying::new(&src.topic, p, log.partition_dir(&src.topic, p)),
                 });
             }
         }
@@ -694,6 +833,8 @@ impl SourceStage<'_> {
         let slice_ms = (plan.time.out_of_orderness / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
             .as_millis() as i64;
+        // The horizon of a bounded run's slice that a read failure interrupted.
+        let mut interrupted: Option<i64> = None;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             if let Some(align) = self.align {
@@ -707,21 +848,52 @@ impl SourceStage<'_> {
                         .is_some_and(|p| p.watermark > limit);
                 }
             }
+            // Some partition failed a read and is not due for another attempt.
+            let blocked = |inputs: &[Input]| {
+                let at = Instant::now();
+                inputs.iter().any(|i| !i.retry.due(at))
+            };
+            if bounded && !stopping && blocked(&inputs) {
+                // A bounded run reads nothing while a partition cannot be read, so its
+                // records still interleave with the others' exactly as they arrived:
+                // wait for the next attempt (in short steps, to notice a stop).
+                let at = inputs.iter().filter_map(|i| i.retry.next_attempt()).min();
+                let wait = at.map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                std::thread::sleep(
+                    wait.clamp(Duration::from_millis(1), Duration::from_millis(250)),
+                );
+                continue;
+            }
             let mut oldest: Option<i64> = None;
-            if !stopping {
-                for input in inputs.iter_mut().filter(|i| !i.done && !i.paused) {
-                    if let Some(ts) = input.reader.peek_timestamp()? {
+            if !stopping && interrupted.is_none() {
+                let at = Instant::now();
+                for input in inputs.iter_mut().filter(|i| i.readable(at)) {
+                    let reader = &mut input.reader;
+                    let peeked = input
+                        .retry
+                        .attempt(bounded, self.telemetry, || reader.peek_timestamp())?;
+                    if let Some(Some(ts)) = peeked {
                         oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
                     }
                 }
             }
+            if bounded && !stopping && blocked(&inputs) {
+                continue; // a peek failed: the whole slice waits for the retry
+            }
             let now = wall_clock_ms();
-            let mut read_any = false;
-            if let Some(oldest) = oldest {
-                let horizon = oldest.saturating_add(slice_ms);
+            // Finishing an interrupted slice counts as progress even if nothing was left
+            // to read below its horizon.
+            let mut read_any = interrupted.is_some();
+            let horizon = interrupted
+                .take()
+                .or_else(|| oldest.map(|o| o.saturating_add(slice_ms)));
+            if let Some(horizon) = horizon {
                 loop {
                     let mut progressed = false;
-                    for input in inputs.iter_mut().filter(|i| !i.done && !i.paused) {
+                    let at = Instant::now();
+                    for input in inputs.iter_mut().filter(|i| i.readable(at)) {
                         let max = if bounded {
                             (input.end.saturating_sub(input.reader.position()) as usize).min(BATCH)
                         } else {
@@ -729,31 +901,38 @@ impl SourceStage<'_> {
                         };
                         let decoder = &decoders[input.id.source as usize];
                         let mut bytes = 0u64;
-                        let n = input.reader.read_before(max, horizon, |view, buf| {
+                        // Counted here, not from the result: a read that fails half-way
+                        // has still delivered the records before the failure.
+                        let mut n = 0usize;
+                        let reader = &mut input.reader;
+                        let (topic, id) = (&input.topic, input.id);
+                        let read = || {
+                            reader.read_before(max, horizon, |view, buf| {
+                            n += 1;
                             bytes += view.value.len() as u64;
                             match decoder.decode(
-                                input.id.partition,
+                                id.partition,
                                 view.offset,
                                 &buf[view.value.clone()],
                             ) {
                                 Ok(event) => {
-                                    watermarks.observe(input.id, event.time, now);
+                                    watermarks.observe(id, event.time, now);
                                     let shard =
                                         partition_for_key(event.key.as_bytes(), n_shards) as usize;
                                     out.shards[shard].push(ShardMsg::Event(event));
                                 }
                                 Err(dl) => {
                                     tracing::debug!(
-                                        topic = %input.topic,
-                                        partition = input.id.partition,
+                                        topic = %topic,
+                                        partition = id.partition,
                                         offset = view.offset,
                                         key = %String::from_utf8_lossy(view.key.clone().map_or(&[][..], |k| &buf[k])),
                                         reason = %dl.reason,
                                         "dead letter"
                                     );
                                     dead_letters.note(|| RecordCoordinates {
-                                        topic: input.topic.to_string(),
-                                        partition: input.id.partition,
+                                        topic: topic.to_string(),
+                                        partition: id.partition,
                                         offset: view.offset,
                                         key: String::from_utf8_lossy(
                                             view.key.clone().map_or(&[][..], |k| &buf[k]),
@@ -770,7 +949,9 @@ impl SourceStage<'_> {
                                     counts.dead_letters += 1;
                                 }
                             }
-                        })?;
+                        })
+                        };
+                        input.retry.attempt(bounded, self.telemetry, read)?;
                         counts.records_in += n as u64;
                         input.records += n as u64;
                         input.bytes += bytes;
@@ -792,12 +973,26 @@ impl SourceStage<'_> {
                     }
                 }
             }
+            if bounded && !stopping && blocked(&inputs) {
+                // A read failed half-way through the slice: finish it, with the same
+                // horizon, before the watermark may move.
+                interrupted = horizon;
+                continue;
+            }
             // Between slices: idleness, the watermark, checkpoints.
+            let at = Instant::now();
             for input in inputs.iter_mut() {
                 let caught_up = if bounded {
                     input.reader.position() >= input.end
+                } else if input.retry.due(at) {
+                    let reader = &mut input.reader;
+                    let peeked = input
+                        .retry
+                        .attempt(bounded, self.telemetry, || reader.peek_timestamp())?;
+                    peeked.is_some_and(|ts| ts.is_none())
                 } else {
-                    input.reader.peek_timestamp()?.is_none()
+                    // A partition that cannot be read may hold anything: never idle.
+                    false
                 };
                 input.done = bounded && caught_up;
                 watermarks.set_caught_up(input.id, caught_up, now);
@@ -884,11 +1079,13 @@ impl SourceStage<'_> {
                 watermark_moved = false;
             }
             if last {
+                counts.retries = inputs.iter().map(|i| i.retry.retries).sum();
                 return Ok(counts);
             }
             if read_any {
                 continue;
             }
+            let retry_at = inputs.iter().filter_map(|i| i.retry.next_attempt()).min();
             if bounded {
                 // Every unfinished partition promised records up to its end offset and
                 // none is readable: waiting would never end.
@@ -904,13 +1101,17 @@ impl SourceStage<'_> {
                 return Ok(counts);
             }
             if let Some(w) = &watcher {
-                // Wake on an append, in time to notice a partition turning idle, or for
-                // the next checkpoint.
+                // Wake on an append, in time to notice a partition turning idle, for
+                // the next checkpoint, or for a failed partition's next attempt.
                 let until_checkpoint = interval.saturating_sub(last_checkpoint.elapsed());
+                let until_retry = retry_at.map_or(Duration::MAX, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
                 w.wait_timeout(
                     plan.time
                         .idle_timeout
                         .min(until_checkpoint)
+                        .min(until_retry)
                         .clamp(Duration::from_millis(10), Duration::from_millis(250)),
                 );
             }
@@ -1225,6 +1426,8 @@ struct CommitCounts {
     state_bytes_peak: u64,
     open_windows_peak: u64,
     checkpoint_bytes: u64,
+    /// Publication attempts repeated after a failure.
+    sink_retries: u64,
 }
 
 /// What every checkpoint of a run repeats about the run itself.
@@ -1320,9 +1523,26 @@ impl RateLimited {
     }
 }
 
+/// An error with its sources, `a: b: c`, for a log line (errors that stop the job are
+/// printed so by the CLI).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// Gathers every stage's part of each checkpoint, commits it as one batch, then publishes
 /// its outbox. Parts of checkpoint `n` all arrive before any stage's part of `n + 1` is
 /// complete, so checkpoints complete in order.
+#[allow(clippy::too_many_arguments)]
 fn committer_stage(
     store: &StateStore,
     outbox: Outbox,
@@ -1330,6 +1550,7 @@ fn committer_stage(
     shards: usize,
     committed: &AtomicU64,
     identity: Identity,
+    retry_for: Duration,
     telemetry: Option<Telemetry>,
 ) -> Result<CommitCounts, OutboxError> {
     // Publication runs on its own thread, one committed checkpoint behind at most: the
@@ -1345,7 +1566,7 @@ fn committer_stage(
             std::thread::Builder::new()
                 .name("braid-publish".into())
                 .spawn_scoped(scope, move || {
-                    publish_stage(store, outbox, publications, telemetry.as_ref())
+                    publish_stage(store, outbox, publications, retry_for, telemetry.as_ref())
                 })
                 .expect("spawn publisher thread")
         };
@@ -1362,8 +1583,8 @@ fn committer_stage(
             }))
         });
         // A publication error explains a commit loop that stopped sending.
-        published?;
-        counts
+        let sink_retries = published?;
+        counts.map(|c| CommitCounts { sink_retries, ..c })
     })
 }
 
@@ -1376,15 +1597,30 @@ struct Publication {
     kinds: BTreeMap<&'static str, u64>,
 }
 
-/// Appends committed output, syncs it, acknowledges it; reports into the metrics.
+/// Appends committed output, syncs it, acknowledges it (retrying failures for
+/// `retry_for`); reports into the metrics. Returns the number of retries.
 fn publish_stage(
     store: &StateStore,
     mut outbox: Outbox,
     publications: Receiver<Publication>,
+    retry_for: Duration,
     telemetry: Option<&Telemetry>,
-) -> Result<(), OutboxError> {
+) -> Result<u64, OutboxError> {
+    let mut retries = 0u64;
     for p in publications {
-        if let Err(e) = outbox.publish(store, &p.entries) {
+        let published = outbox.publish_retrying(store, &p.entries, retry_for, |error, delay| {
+            retries += 1;
+            tracing::warn!(
+                error = %ErrorChain(error),
+                retry_in_ms = delay.as_millis() as u64,
+                "publishing output failed; retrying"
+            );
+            if let Some(t) = telemetry {
+                t.metrics.sink_errors.inc();
+                t.metrics.sink_retries.inc();
+            }
+        });
+        if let Err(e) = published {
             if let Some(t) = telemetry {
                 t.metrics.sink_errors.inc();
             }
@@ -1393,16 +1629,18 @@ fn publish_stage(
         if let Some(t) = telemetry {
             let m = &t.metrics;
             let now = wall_clock_ms();
+            // The output counters last: a scrape that sees them count a publication
+            // sees its latencies and the outbox depth too.
             m.outbox_depth.sub(p.entries.len() as i64);
-            for (kind, n) in &p.kinds {
-                m.output_records.with_label_values(&[kind]).inc_by(*n);
-            }
             for b in p.born {
                 m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
             }
+            for (kind, n) in &p.kinds {
+                m.output_records.with_label_values(&[kind]).inc_by(*n);
+            }
         }
     }
-    Ok(())
+    Ok(retries)
 }
 
 /// Gathers and commits checkpoints, handing each one's output to the publisher.
@@ -1517,19 +1755,6 @@ fn commit_loop(
         let commit_started = Instant::now();
         let written = store.commit(checkpoint)?;
         let commit_seconds = commit_started.elapsed().as_secs_f64();
-        tracing::debug!(
-            epoch,
-            upserts = written.upserts,
-            chunks = written.chunks,
-            deletes = written.deletes,
-            outbox = written.outbox,
-            bytes = written.bytes,
-            head_bytes = written.head_bytes,
-            chunk_bytes = written.chunk_bytes,
-            outbox_bytes = written.outbox_bytes,
-            commit_ms = (commit_seconds * 1000.0) as u64,
-            "checkpoint committed"
-        );
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
         counts.checkpoint_bytes += written.bytes as u64;
@@ -1548,6 +1773,21 @@ fn commit_loop(
             m.outbox_depth.add(entries.len() as i64);
             m.duplicates.inc_by(g.duplicates);
         }
+        // Logged after the health and metrics know of it, so a reader of the log line
+        // finds them up to date.
+        tracing::debug!(
+            epoch,
+            upserts = written.upserts,
+            chunks = written.chunks,
+            deletes = written.deletes,
+            outbox = written.outbox,
+            bytes = written.bytes,
+            head_bytes = written.head_bytes,
+            chunk_bytes = written.chunk_bytes,
+            outbox_bytes = written.outbox_bytes,
+            commit_ms = (commit_seconds * 1000.0) as u64,
+            "checkpoint committed"
+        );
         // The stored (packed) copy is in RocksDB now; the publisher needs only the value.
         for e in &mut entries {
             e.stored = Vec::new();

@@ -10,9 +10,10 @@
 //! - The endpoint runs on its own thread with its own small runtime: a slow scraper can
 //!   never stall the job, and the job never waits for a scrape.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     pub outbox_depth: IntGauge,
     pub sink_errors: IntCounter,
+    pub sink_retries: IntCounter,
+    pub source_errors: IntCounterVec,
     pub last_checkpoint_ms: IntGauge,
 }
 
@@ -202,6 +205,17 @@ impl Metrics {
                 "sink_errors_total",
                 "Failed attempts to publish output"
             )?),
+            sink_retries: register!(IntCounter::new(
+                "sink_retries_total",
+                "Publication attempts repeated after a failure"
+            )?),
+            source_errors: register!(IntCounterVec::new(
+                Opts::new(
+                    "source_errors_total",
+                    "Failed reads of a source partition (each retried)"
+                ),
+                &part
+            )?),
             last_checkpoint_ms: register!(IntGauge::new(
                 "last_checkpoint_ms",
                 "Wall clock of the last committed checkpoint, epoch ms"
@@ -237,6 +251,8 @@ impl std::fmt::Debug for Telemetry {
 pub struct Health {
     /// Every source partition has a reader.
     pub sources_ready: AtomicBool,
+    /// Source partitions whose last read failed: (topic, partition) → the error.
+    pub unreachable: Mutex<BTreeMap<(String, u32), String>>,
     /// Wall clock of the last committed checkpoint (or of the start), epoch ms.
     pub last_checkpoint_ms: AtomicI64,
     /// Ready only while the last checkpoint is younger than this.
@@ -247,6 +263,7 @@ impl Health {
     pub fn new(checkpoint_interval: Duration) -> Self {
         Health {
             sources_ready: AtomicBool::new(false),
+            unreachable: Mutex::new(BTreeMap::new()),
             last_checkpoint_ms: AtomicI64::new(crate::time::wall_clock_ms()),
             // Three missed intervals, and never less than 5 s (a commit can take a while
             // under load without anything being wrong).
@@ -259,6 +276,18 @@ impl Health {
         if !self.sources_ready.load(Ordering::Relaxed) {
             return Some("sources not connected".into());
         }
+        let unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(((topic, partition), error)) = unreachable.iter().next() {
+            let others = match unreachable.len() - 1 {
+                0 => String::new(),
+                1 => " (and 1 other partition)".to_owned(),
+                n => format!(" (and {n} other partitions)"),
+            };
+            return Some(format!(
+                "source `{topic}` partition {partition} unreachable{others}: {error}"
+            ));
+        }
+        drop(unreachable);
         let age = now_ms.saturating_sub(self.last_checkpoint_ms.load(Ordering::Relaxed));
         if age > self.max_checkpoint_age.as_millis() as i64 {
             return Some(format!(
@@ -454,6 +483,30 @@ mod tests {
             get(ep.addr(), "/readyz"),
             ("HTTP/1.1 200 OK".into(), "ready\n".into())
         );
+        // A source partition that cannot be read makes the job unready until it can.
+        let unreachable = |topic: &str, partition: u32| {
+            health.unreachable.lock().unwrap().insert(
+                (topic.to_owned(), partition),
+                "/log/a/0: Input/output error".into(),
+            );
+        };
+        unreachable("a", 1);
+        assert_eq!(
+            get(ep.addr(), "/readyz"),
+            (
+                "HTTP/1.1 503 Service Unavailable".into(),
+                "not ready: source `a` partition 1 unreachable: /log/a/0: Input/output error\n"
+                    .into()
+            )
+        );
+        unreachable("b", 0);
+        unreachable("b", 1);
+        assert_eq!(
+            get(ep.addr(), "/readyz").1,
+            "not ready: source `a` partition 1 unreachable (and 2 other partitions): /log/a/0: Input/output error\n"
+        );
+        health.unreachable.lock().unwrap().clear();
+        assert_eq!(get(ep.addr(), "/readyz").0, "HTTP/1.1 200 OK");
         // A checkpoint that stalls makes the job unready.
         health
             .last_checkpoint_ms

@@ -21,16 +21,19 @@
 //! - A fresh state directory over an output that already holds this job's records is an
 //!   error too: starting from scratch would publish everything again.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Log, LogError, PartitionWriter, WriterOptions, partition_for_key};
 use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack};
+use crate::time::Backoff;
 
 /// Why output could not be published or recovered.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,13 @@ pub enum OutboxError {
     Log(#[from] LogError),
     #[error("publishing output")]
     State(#[from] StateError),
+    #[error("publishing output (gave up after {attempts} attempts in {waited_ms} ms)")]
+    GaveUp {
+        attempts: u32,
+        waited_ms: u64,
+        #[source]
+        source: LogError,
+    },
     #[error(
         "state directory {dir}: outbox entry seq {seq} of output topic `{topic}` partition {partition} is corrupt ({reason}); restore the state directory or replay into a new one"
     )]
@@ -254,6 +264,82 @@ impl Outbox {
         })
     }
 
+    /// [`Outbox::publish`], retrying an I/O failure (a full disk, a broken connection)
+    /// with [`Backoff`] for up to `retry_for`; `on_retry` hears of each failure and the
+    /// delay before the next attempt. A retry first reads back what the failed attempt
+    /// did publish (as [`Outbox::recover`] does), so nothing goes out twice.
+    pub fn publish_retrying(
+        &mut self,
+        store: &StateStore,
+        entries: &[OutboxEntry],
+        retry_for: Duration,
+        mut on_retry: impl FnMut(&LogError, Duration),
+    ) -> Result<Published, OutboxError> {
+        let started = Instant::now();
+        let mut backoff = Backoff::default();
+        let mut remaining = Cow::Borrowed(entries);
+        loop {
+            let failure = match self.publish(store, &remaining) {
+                Ok(_) => {
+                    return Ok(Published {
+                        records: entries.len() as u64,
+                    });
+                }
+                Err(OutboxError::Log(e @ (LogError::Io { .. } | LogError::PartitionIo { .. }))) => {
+                    e
+                }
+                Err(e) => return Err(e),
+            };
+            let delay = backoff.failed();
+            let waited = started.elapsed();
+            if waited + delay > retry_for {
+                return Err(OutboxError::GaveUp {
+                    attempts: backoff.failures(),
+                    waited_ms: waited.as_millis() as u64,
+                    source: failure,
+                });
+            }
+            on_retry(&failure, delay);
+            std::thread::sleep(delay);
+            // A writer whose append failed may hold a torn tail; a new one truncates it.
+            self.writers.clear();
+            remaining = Cow::Owned(self.unpublished(store, &remaining)?);
+        }
+    }
+
+    /// The entries a failed publication did not append; the ones it did are
+    /// acknowledged.
+    fn unpublished(
+        &mut self,
+        store: &StateStore,
+        entries: &[OutboxEntry],
+    ) -> Result<Vec<OutboxEntry>, OutboxError> {
+        let mut published: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+        for e in entries {
+            if let std::collections::btree_map::Entry::Vacant(v) =
+                published.entry((e.topic.as_str(), e.partition))
+            {
+                let seq = self
+                    .last_published(&e.topic, e.partition)?
+                    .map_or(0, |(seq, _)| seq);
+                v.insert(seq);
+            }
+        }
+        for ((topic, partition), seq) in &published {
+            if entries
+                .iter()
+                .any(|e| e.topic == *topic && e.partition == *partition && e.seq <= *seq)
+            {
+                store.ack_outbox(topic, *partition, *seq)?;
+            }
+        }
+        Ok(entries
+            .iter()
+            .filter(|e| e.seq > published[&(e.topic.as_str(), e.partition)])
+            .cloned()
+            .collect())
+    }
+
     /// Republishes what a previous run committed but did not (completely) publish, and
     /// checks that no other instance writes this job's output. `fresh` says the store
     /// holds no checkpoint yet.
@@ -421,6 +507,8 @@ pub enum CrashPoint {
     Publish,
     /// Everything is appended and synced; nothing is acknowledged yet.
     Ack,
+    /// A source partition is read (`BRAID_FAIL_AT` only).
+    Read,
 }
 
 impl CrashPoint {
@@ -429,6 +517,7 @@ impl CrashPoint {
             CrashPoint::Commit => "commit",
             CrashPoint::Publish => "publish",
             CrashPoint::Ack => "ack",
+            CrashPoint::Read => "read",
         }
     }
 }
@@ -479,28 +568,81 @@ pub fn stall_point(point: CrashPoint) {
     }
 }
 
-/// A test hook: with `BRAID_FAIL_AT=publish:<n>` the n-th output append fails with an
-/// injected "no space left on device" I/O error, as a full disk would make it fail (the
-/// job must stop with a clear error after its last good checkpoint, and a restart must
-/// go on exactly once). Unset, this is one relaxed atomic load.
+/// A test hook: with `BRAID_FAIL_AT=<point>:<n>` the n-th output append (`publish`) or
+/// source read (`read`) fails with an injected I/O error, and so does every later one,
+/// as on a disk that stays full; `<point>:<n>:<k>` fails k times from the n-th on, and
+/// `<point>:<n>:<ms>ms` fails everything for `ms` milliseconds from the n-th on
+/// (a transient fault, which the job must retry through). An append fails with "no space
+/// left on device", a read with "input/output error". Unset, this is one relaxed atomic
+/// load.
 pub fn fail_point(point: CrashPoint) -> Result<(), std::io::Error> {
-    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PLAN: OnceLock<Option<FailPlan>> = OnceLock::new();
     static SEEN: AtomicU64 = AtomicU64::new(0);
-    let plan = PLAN.get_or_init(|| {
-        let text = std::env::var("BRAID_FAIL_AT").ok()?;
-        let (name, n) = text.split_once(':')?;
-        Some((name.to_owned(), n.parse().ok()?))
-    });
-    match plan {
-        Some((name, n))
-            if name == point.name() && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == *n =>
-        {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!("No space left on device (injected by BRAID_FAIL_AT={name}:{n})"),
-            ))
-        }
-        _ => Ok(()),
+    static FIRST_MS: OnceLock<std::time::Instant> = OnceLock::new();
+    let Some(plan) = PLAN.get_or_init(|| FailPlan::parse(&std::env::var("BRAID_FAIL_AT").ok()?))
+    else {
+        return Ok(());
+    };
+    if plan.point != point.name() {
+        return Ok(());
+    }
+    let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+    let fails = seen >= plan.from
+        && match plan.lasting {
+            Lasting::Forever => true,
+            Lasting::Times(k) => seen - plan.from < k,
+            Lasting::Millis(ms) => {
+                FIRST_MS.get_or_init(std::time::Instant::now).elapsed()
+                    < std::time::Duration::from_millis(ms)
+            }
+        };
+    if !fails {
+        return Ok(());
+    }
+    let (kind, what) = match point {
+        CrashPoint::Read => (std::io::ErrorKind::Other, "Input/output error"),
+        _ => (std::io::ErrorKind::StorageFull, "No space left on device"),
+    };
+    Err(std::io::Error::new(
+        kind,
+        format!("{what} (injected by BRAID_FAIL_AT={})", plan.text),
+    ))
+}
+
+/// A parsed `BRAID_FAIL_AT`.
+#[derive(Debug, PartialEq, Eq)]
+struct FailPlan {
+    text: String,
+    point: String,
+    from: u64,
+    lasting: Lasting,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Lasting {
+    Forever,
+    Times(u64),
+    Millis(u64),
+}
+
+impl FailPlan {
+    fn parse(text: &str) -> Option<FailPlan> {
+        let mut parts = text.splitn(3, ':');
+        let point = parts.next()?.to_owned();
+        let from = parts.next()?.parse().ok().filter(|n| *n > 0)?;
+        let lasting = match parts.next() {
+            None => Lasting::Forever,
+            Some(ms) if ms.ends_with("ms") => {
+                Lasting::Millis(ms.trim_end_matches("ms").parse().ok()?)
+            }
+            Some(k) => Lasting::Times(k.parse().ok()?),
+        };
+        Some(FailPlan {
+            text: text.to_owned(),
+            point,
+            from,
+            lasting,
+        })
     }
 }
 

@@ -36,6 +36,33 @@ pub fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Delays between attempts of an I/O operation that failed (a source read, an output
+/// append): 100 ms, doubling, at most 5 s apart. Counting attempts is all it does; the
+/// caller owns the clock and decides when to give up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// Notes one more failure; the delay before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        let delay = Self::FIRST
+            .saturating_mul(1 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Failures noted since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
 /// The time policy of a job (from the topology's `[time]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,6 +419,21 @@ mod tests {
 
     fn three(now: i64) -> Watermarks {
         Watermarks::new(cfg(0, 1_000), [Q0, P1, P0], now)
+    }
+
+    #[test]
+    fn backoff_doubles_from_100ms_up_to_5s() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
+        assert_eq!(b.failures(), 10);
+        for _ in 0..100 {
+            b.failed();
+        }
+        assert_eq!(b.failed(), Backoff::MAX, "no overflow after many failures");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -34,15 +34,26 @@ fn topology(t: &TempLog) -> std::path::PathBuf {
     path
 }
 
-/// GET `path` over HTTP/1.1: (status line, body).
-fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+/// GET `path` with an HTTP client (ureq): (status code, body). /metrics must say it is
+/// Prometheus' text format.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    if path == "/metrics" {
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
 }
 
 /// Samples of one metric family: labels text (`{…}`) → value.
@@ -120,10 +131,7 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
             break;
         }
     }
-    assert_eq!(
-        get(addr, "/healthz"),
-        ("HTTP/1.1 200 OK".into(), "ok\n".into())
-    );
+    assert_eq!(get(addr, "/healthz"), (200, "ok\n".into()));
 
     // Await the output: after each publication, scrape until every input record is read
     // and published (nothing else happens afterwards: no partition goes idle for 1 h).
@@ -139,7 +147,7 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
             "the job did not read its input in time"
         );
         let (status, body) = get(addr, "/metrics");
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(status, 200);
         let read = sum(&body, "braid_records_in_total");
         let lag = sum(&body, "braid_consumer_lag");
         let published = sum(&body, "braid_output_records_total");
@@ -147,16 +155,21 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
             .iter()
             .map(|topic| common::read_topic(&t.log, topic).len())
             .sum();
-        if read == input && lag == 0.0 && published == on_topics as f64 && published > 0.0 {
+        // A scrape reads one family after another while the publisher updates them: the
+        // latency count must have caught up with the output counters too.
+        let latencies = sum(&body, "braid_end_to_end_latency_ms_count");
+        if read == input
+            && lag == 0.0
+            && published == on_topics as f64
+            && published > 0.0
+            && latencies == published
+        {
             break body;
         }
         // Woken by the next publication (the timeout only bounds a missed wake-up).
         watcher.wait_timeout(Duration::from_secs(2));
     };
-    assert_eq!(
-        get(addr, "/readyz"),
-        ("HTTP/1.1 200 OK".into(), "ready\n".into())
-    );
+    assert_eq!(get(addr, "/readyz"), (200, "ready\n".into()));
 
     // Output counters equal the records found on each topic, per kind.
     let outputs = samples(&body, "braid_output_records_total");
@@ -184,6 +197,10 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
     assert!(sum(&body, "braid_watermark_ms") > 1.7e12);
     assert!(sum(&body, "braid_checkpoints_total") >= 1.0);
     assert_eq!(sum(&body, "braid_outbox_depth"), 0.0);
+    // Nothing failed, so nothing was retried.
+    assert_eq!(sum(&body, "braid_sink_errors_total"), 0.0);
+    assert_eq!(sum(&body, "braid_sink_retries_total"), 0.0);
+    assert_eq!(sum(&body, "braid_source_errors_total"), 0.0);
     // Key lookups: new customers and returning ones, nothing evicted at this size.
     let lookups = samples(&body, "braid_state_cache_lookups_total");
     let result = |r: &str| {
@@ -293,88 +310,198 @@ fn json_logs_parse_and_carry_counts() {
     );
 }
 
+/// A live job with the endpoint on and JSON logs, for the readiness tests.
+struct LiveJob {
+    t: TempLog,
+    /// Records generated into the sources.
+    input: f64,
+    child: std::process::Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    deadline: Instant,
+}
+
+impl LiveJob {
+    /// Generates 3,000 events and starts the job with `env` set; `edit` changes the
+    /// topology text.
+    fn start(env: &[(&str, &str)], edit: impl Fn(String) -> String) -> LiveJob {
+        let t = TempLog::new();
+        let generated = ok(t
+            .braid()
+            .args([
+                "gen",
+                "--events",
+                "3000",
+                "--customers",
+                "300",
+                "--seed",
+                "4",
+            ])
+            .arg("--no-fulfilment")
+            .output()
+            .unwrap());
+        let generated: Value = serde_json::from_str(&generated).unwrap();
+        let topo = topology(&t);
+        let text = std::fs::read_to_string(&topo).unwrap();
+        std::fs::write(&topo, edit(text)).unwrap();
+        let addr = free_port();
+        let mut child = t
+            .braid()
+            .env("BRAID_LOG", "info,braid=debug")
+            .envs(env.iter().copied())
+            .args(["--log-format", "json", "run"])
+            .arg(&topo)
+            .args(["--metrics-addr", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        LiveJob {
+            input: generated["records"].as_f64().unwrap(),
+            t,
+            child,
+            addr,
+            lines,
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    /// The fields of the next JSON log line that `matches`.
+    fn await_line(&self, what: &str, matches: &dyn Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(self.deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no log line: {what}"));
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && matches(&v["fields"])
+            {
+                return v["fields"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(m: &'static str) -> impl Fn(&Value) -> bool {
+    move |f: &Value| f["message"] == m
+}
+
 #[test]
 fn readyz_turns_unready_while_checkpoints_stall_and_ready_again_after() {
-    let t = TempLog::new();
-    ok(t.braid()
-        .args([
-            "gen",
-            "--events",
-            "3000",
-            "--customers",
-            "300",
-            "--seed",
-            "4",
-        ])
-        .arg("--no-fulfilment")
-        .output()
-        .unwrap());
-    let topo = topology(&t);
-    let text = std::fs::read_to_string(&topo).unwrap();
-    std::fs::write(
-        &topo,
-        text.replace("max_records = 2000", "interval = \"100ms\""),
-    )
-    .unwrap();
-    let addr = free_port();
     // The third commit waits 7 s; readiness allows max(3 × 100 ms, 5 s) without one.
-    let mut child = t
-        .braid()
-        .env("BRAID_LOG", "info,braid=debug")
-        .env("BRAID_STALL_AT", "commit:3:7000")
-        .args(["--log-format", "json", "run"])
-        .arg(&topo)
-        .args(["--metrics-addr", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    let job = LiveJob::start(&[("BRAID_STALL_AT", "commit:3:7000")], |text| {
+        text.replace("max_records = 2000", "interval = \"100ms\"")
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let await_line = |what: &str, matches: &dyn Fn(&Value) -> bool| loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no log line: {what}"));
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && matches(&v["fields"])
-        {
-            break;
-        }
-    };
-    let message = |m: &'static str| move |f: &Value| f["message"] == m;
-    await_line("stalling", &message("BRAID_STALL_AT reached: stalling"));
+    let addr = job.addr;
+    job.await_line("stalling", &message("BRAID_STALL_AT reached: stalling"));
     let stalled_at = Instant::now();
     // Commit 2 was a moment ago: still ready.
-    assert_eq!(get(addr, "/readyz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(addr, "/readyz").0, 200);
     // Readiness depends on time passing, nothing to await but the clock.
     std::thread::sleep(
         (stalled_at + Duration::from_millis(5_500)).saturating_duration_since(Instant::now()),
     );
     let (status, body) = get(addr, "/readyz");
-    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(status, 503);
     assert!(
         body.starts_with("not ready: last checkpoint ")
             && body.ends_with(" ms ago (limit 5000 ms)\n"),
         "{body}"
     );
-    assert_eq!(
-        get(addr, "/healthz").0,
-        "HTTP/1.1 200 OK",
-        "alive all along"
-    );
-    await_line("commit 3", &|f: &Value| {
+    assert_eq!(get(addr, "/healthz").0, 200, "alive all along");
+    job.await_line("commit 3", &|f: &Value| {
         f["message"] == "checkpoint committed" && f["epoch"] == 3
     });
-    assert_eq!(
-        get(addr, "/readyz"),
-        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    assert_eq!(get(addr, "/readyz"), (200, "ready\n".into()));
+}
+
+#[test]
+fn readyz_turns_unready_while_a_source_cannot_be_read_and_ready_again_after() {
+    // From the 20th read on, every source read fails for 3 s, as on a broken disk.
+    let plan = "read:20:3000ms";
+    let job = LiveJob::start(&[("BRAID_FAIL_AT", plan)], |text| text);
+    let addr = job.addr;
+    let failed = message("reading a source partition failed; retrying");
+    let first = job.await_line("a failed read", &failed);
+    let (topic, partition) = (
+        first["topic"].as_str().unwrap().to_owned(),
+        first["partition"].as_u64().unwrap(),
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    let (status, body) = get(addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    // The first failing partition in (topic, partition) order is named, with its error.
+    let named = body
+        .strip_prefix("not ready: source `")
+        .and_then(|rest| rest.split_once("` partition "))
+        .and_then(|(t, rest)| Some((t, rest.split_once(' ')?.0.parse::<u32>().ok()?)))
+        .unwrap_or_else(|| panic!("{body}"));
+    let dir = job.t.log.partition_dir(named.0, named.1);
+    let (head, tail) = (
+        format!(
+            "not ready: source `{}` partition {} unreachable",
+            named.0, named.1
+        ),
+        format!(
+            ": topic {} partition {}: {}: Input/output error (injected by BRAID_FAIL_AT={plan})\n",
+            named.0,
+            named.1,
+            dir.display()
+        ),
+    );
+    let others = body
+        .strip_prefix(&head)
+        .and_then(|rest| rest.strip_suffix(&tail))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        others.is_empty()
+            || others == " (and 1 other partition)"
+            || (others.starts_with(" (and ") && others.ends_with(" other partitions)")),
+        "{body}"
+    );
+    assert_eq!(get(addr, "/healthz").0, 200, "alive all along");
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(
+        sum(&metrics, "braid_source_errors_total") >= 1.0,
+        "{metrics}"
+    );
+    // Every partition that failed reads again once the fault is over.
+    let mut failing = std::collections::BTreeSet::from([(topic, partition)]);
+    while !failing.is_empty() {
+        let f = job.await_line("a read after the fault", &|f: &Value| {
+            failed(f) || f["message"] == "source partition readable again"
+        });
+        let at = (
+            f["topic"].as_str().unwrap().to_owned(),
+            f["partition"].as_u64().unwrap(),
+        );
+        if failed(&f) {
+            failing.insert(at);
+        } else {
+            failing.remove(&at);
+        }
+    }
+    assert_eq!(get(addr, "/readyz"), (200, "ready\n".into()));
+    // The job goes on: every input record is read, each exactly once.
+    loop {
+        let (_, metrics) = get(addr, "/metrics");
+        if sum(&metrics, "braid_records_in_total") == job.input {
+            assert_eq!(sum(&metrics, "braid_source_position"), job.input);
+            break;
+        }
+        job.await_line("a checkpoint", &message("checkpoint committed"));
+    }
 }

@@ -149,8 +149,18 @@ impl Job {
 
     /// A bounded run to its end; returns the JSON summary.
     fn run_to_end(&self, extra: &[&str]) -> Value {
+        self.run_to_end_in(extra, &[])
+    }
+
+    /// [`Job::run_to_end`] with environment variables set.
+    fn run_to_end_with(&self, env: &[(&str, &str)]) -> Value {
+        self.run_to_end_in(&[], env)
+    }
+
+    fn run_to_end_in(&self, extra: &[&str], env: &[(&str, &str)]) -> Value {
         let summary = self.path("summary.json");
         let mut cmd = self.run_cmd(extra);
+        cmd.envs(env.iter().copied());
         cmd.arg("--summary-json").arg(&summary);
         common::ok(common::output_within(cmd, LIMIT));
         serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap()
@@ -845,7 +855,8 @@ fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once(
     let clean = reference(SMALL);
     let job = Job::new(SMALL);
     let mut cmd = job.run_cmd(&[]);
-    // The third append of output fails as on a full disk.
+    // From the third on, every append of output fails as on a disk that stays full;
+    // the topology retries for 1 s (100 + 200 + 400 ms of backoff), then gives up.
     cmd.env("BRAID_FAIL_AT", "publish:3");
     let out = common::output_within(cmd, LIMIT);
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
@@ -856,10 +867,19 @@ fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once(
         .unwrap_or_else(|| panic!("{stderr}"));
     let dir = job.log().root().display().to_string();
     assert!(
-        line.starts_with(&format!(
-            "error: job customer-journey: publishing output: {dir}/customer.journey"
-        )) && line.ends_with(": No space left on device (injected by BRAID_FAIL_AT=publish:3)"),
+        line.starts_with(
+            "error: job customer-journey: publishing output (gave up after 4 attempts in "
+        ) && line.contains(&format!(" ms): {dir}/customer.journey"))
+            && line.ends_with(": No space left on device (injected by BRAID_FAIL_AT=publish:3)"),
         "{line}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("publishing output failed; retrying"))
+            .count(),
+        3,
+        "{stderr}"
     );
     let published = job.output_records();
     assert!(published < clean.outputs.total());
@@ -868,4 +888,36 @@ fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once(
     assert_eq!(n(&summary["resumed"]), 1);
     assert!(n(&summary["republished"]) > 0);
     assert_exactly_once(&job.outputs(), &clean.outputs, "after a failed append");
+}
+
+#[test]
+fn transient_append_failures_are_retried_through_exactly_once() {
+    let clean = reference(SMALL);
+    let job = Job::new(SMALL);
+    // Two appends fail, then space is back: the job waits it out without stopping.
+    let summary = job.run_to_end_with(&[("BRAID_FAIL_AT", "publish:2:2")]);
+    assert_eq!(n(&summary["sink_retries"]), 2);
+    assert_eq!(n(&summary["source_retries"]), 0);
+    assert_exactly_once(&job.outputs(), &clean.outputs, "after retried appends");
+}
+
+#[test]
+fn transient_read_failures_are_retried_and_nothing_is_lost_or_late() {
+    let clean = reference(SMALL);
+    // Reads of source partitions fail with an I/O error: while the first pass peeks at
+    // every partition, and later half-way through slices. A partition that failed is read
+    // again after its backoff, and meanwhile nothing else is read, so the output is
+    // exactly the undisturbed run's: no record lost, none made late or kept from being
+    // late.
+    for (plan, failures) in [("read:5:3", 3), ("read:40:2", 2), ("read:150:4", 4)] {
+        let job = Job::new(SMALL);
+        let summary = job.run_to_end_with(&[("BRAID_FAIL_AT", plan)]);
+        assert_eq!(n(&summary["source_retries"]), failures, "{plan}");
+        assert_eq!(
+            n(&summary["records_in"]),
+            n(&clean.summary["records_in"]),
+            "{plan}"
+        );
+        assert_exactly_once(&job.outputs(), &clean.outputs, plan);
+    }
 }

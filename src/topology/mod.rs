@@ -220,6 +220,7 @@ journeys = "customer.journey"
                 late: "customer.journey".into(),
                 dead_letters: "customer.journey".into(),
                 include_payload: true,
+                retry_for: Duration::from_secs(30),
             }
         );
         assert_eq!(plan.limits.max_record_bytes, 1 << 20);
@@ -276,6 +277,7 @@ journeys = "order-fulfilment"
 late = "order-fulfilment"
 dead_letters = "order-dlq"
 include_payload = false
+retry_for = "2m"
 
 [limits]
 max_record_bytes = 65536
@@ -317,6 +319,7 @@ max_records = 10000
         assert_eq!(plan.output.late, "order-fulfilment");
         assert_eq!(plan.output.dead_letters, "order-dlq");
         assert!(!plan.output.include_payload);
+        assert_eq!(plan.output.retry_for, Duration::from_secs(120));
         assert_eq!(plan.limits.max_record_bytes, 65536);
         assert_eq!(plan.checkpoint.interval, Duration::from_millis(500));
         assert_eq!(plan.checkpoint.max_records, Some(10000));
@@ -948,6 +951,7 @@ type = "left"
   output      journeys     → customer.journey (with payloads)
               late         → customer.journey.late
               dead letters → customer.journey.dlq
+              a failing append is retried for 30s
   limits      records up to 1MiB, 100000 events kept per window
   checkpoint  every 1s
 ",

@@ -187,6 +187,9 @@ pub struct Outputs {
     pub dead_letters: String,
     /// Whether correlation records carry each event's payload.
     pub include_payload: bool,
+    /// How long a failing output append is retried before the job stops (0 = never).
+    #[serde(with = "human_serde")]
+    pub retry_for: Duration,
 }
 
 /// Input limits.
@@ -407,6 +410,11 @@ impl Plan {
                 writeln!(out, "              {label:<12} → {topic}")?;
             }
         }
+        writeln!(
+            out,
+            "              a failing append is retried for {}",
+            Human(o.retry_for)
+        )?;
         writeln!(
             out,
             "  limits      records up to {}, {} events kept per window",

@@ -196,6 +196,7 @@ pub(crate) const OUTPUT: &[Field] = &[
     field("late", TOPIC),
     field("dead_letters", TOPIC),
     field("include_payload", Boolean),
+    field("retry_for", DURATION),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +206,7 @@ pub(crate) struct RawOutput {
     pub(crate) late: Option<Spanned<String>>,
     pub(crate) dead_letters: Option<Spanned<String>>,
     pub(crate) include_payload: Option<Spanned<bool>>,
+    pub(crate) retry_for: Option<Spanned<String>>,
 }
 
 pub(crate) const LIMITS: &[Field] = &[

@@ -41,6 +41,7 @@ const DEFAULT_BROKER_PATH: &str = "data/log";
 const DEFAULT_OUT_OF_ORDERNESS: Duration = Duration::from_secs(5);
 const DEFAULT_GRACE: Duration = Duration::ZERO;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
 const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
@@ -1060,8 +1061,15 @@ fn validate_output(
         .dead_letters
         .as_ref()
         .map(|l| topic(l, "output.dead_letters", d));
+    let retry_for = duration_or(
+        o.retry_for.as_ref(),
+        "output.retry_for",
+        DEFAULT_RETRY_FOR,
+        d,
+    );
     let journeys = journeys?;
     Some(Outputs {
+        retry_for: retry_for?,
         late: late.unwrap_or_else(|| Some(journeys.clone()))?,
         dead_letters: dead_letters.unwrap_or_else(|| Some(journeys.clone()))?,
         include_payload: o.include_payload.as_ref().is_none_or(|p| *p.get_ref()),
