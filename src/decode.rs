@@ -12,14 +12,17 @@
 //!   naming topic, partition, offset and a precise [`DeadLetterReason`].
 //! - An [`Event`]'s payload is valid UTF-8 holding exactly one JSON object, nested at
 //!   most [`MAX_NESTING`] levels, with surrounding whitespace trimmed.
-//! - An [`Event`]'s time lies in [`MIN_EVENT_TIME`]`..=`[`MAX_EVENT_TIME`] (years 0000
-//!   to 9999, the RFC 3339 range), so adding any window length or gap to it cannot
-//!   overflow an `i64`, and it never collides with the `i64::MIN` / `i64::MAX`
-//!   watermark sentinels.
+//! - An [`Event`]'s time lies in [`MIN_EVENT_TIME`]`..=`[`MAX_EVENT_TIME`] (1970 to
+//!   the end of 9999: no negative epoch time, as Kafka refuses them too, and nothing past
+//!   the RFC 3339 range), so adding any window length or gap to it cannot overflow an
+//!   `i64`, and it never collides with the `i64::MIN` / `i64::MAX` watermark sentinels.
 //! - A record larger than `max_record_bytes` is rejected before it is parsed.
 //! - Pointer lookups follow `serde_json::Value::pointer` exactly (RFC 6901 escapes,
-//!   array indices without leading zeros, the last of duplicate object members wins),
-//!   which the tests check against it.
+//!   array indices without leading zeros), which the tests check against it. An object
+//!   member on a pointer's path that appears twice is a dead letter: JSON leaves the
+//!   meaning of duplicates open (RFC 8259, 4), parsers disagree (first or last wins),
+//!   and a record whose key or time depends on the parser must not be guessed at.
+//!   Duplicates elsewhere in the payload are kept as they are.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -28,8 +31,8 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// Earliest accepted event time: 0000-01-01T00:00:00Z in epoch milliseconds.
-pub const MIN_EVENT_TIME: i64 = -62_167_219_200_000;
+/// Earliest accepted event time: 1970-01-01T00:00:00Z, epoch 0.
+pub const MIN_EVENT_TIME: i64 = 0;
 /// Latest accepted event time: 9999-12-31T23:59:59.999Z in epoch milliseconds.
 pub const MAX_EVENT_TIME: i64 = 253_402_300_799_999;
 /// Deepest accepted nesting of arrays and objects in a record. Output records embed
@@ -173,8 +176,13 @@ pub enum DeadLetterReason {
         "unparsable time at {pointer}: {value} is neither RFC 3339 nor integer epoch milliseconds"
     )]
     UnparsableTime { pointer: Arc<str>, value: Box<str> },
-    #[error("time at {pointer} is out of range: {value} is outside the years 0000 to 9999")]
+    #[error(
+        "time at {pointer} is out of range: {value} is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"
+    )]
     TimeOutOfRange { pointer: Arc<str>, value: Box<str> },
+    /// `member` is quoted, cut at 64 characters.
+    #[error("duplicate member {member} on the path of {pointer}: which one counts is ambiguous")]
+    DuplicateMember { pointer: Arc<str>, member: Box<str> },
     #[error("event id at {pointer} is {found}, expected a string or an integer")]
     IdWrongType { pointer: Arc<str>, found: JsonType },
     /// Keys and ids are kept per event in state and repeated in output records; a
@@ -204,6 +212,7 @@ impl DeadLetterReason {
             DeadLetterReason::TimeWrongType { .. } => "time_wrong_type",
             DeadLetterReason::UnparsableTime { .. } => "unparsable_time",
             DeadLetterReason::TimeOutOfRange { .. } => "time_out_of_range",
+            DeadLetterReason::DuplicateMember { .. } => "duplicate_member",
             DeadLetterReason::IdWrongType { .. } => "id_wrong_type",
             DeadLetterReason::TooLong { what: "key", .. } => "key_too_long",
             DeadLetterReason::TooLong { .. } => "id_too_long",
@@ -393,8 +402,11 @@ impl Decoder {
         }
         .deserialize(&mut de)
         .and_then(|found| de.end().map(|()| found))
-        .map_err(|e| DeadLetterReason::NotJson {
-            message: e.to_string().into(),
+        .map_err(|e| match captures.duplicate {
+            Some(node) => self.duplicate(node),
+            None => DeadLetterReason::NotJson {
+                message: e.to_string().into(),
+            },
         })?;
         if root != JsonType::Object {
             return Err(DeadLetterReason::NotObject { found: root });
@@ -460,6 +472,23 @@ impl Decoder {
             id,
             payload,
         })
+    }
+
+    /// The reason for a member (tree node) met twice: named with the first configured
+    /// pointer through it.
+    fn duplicate(&self, node: usize) -> DeadLetterReason {
+        let node = &self.tree.nodes[node];
+        let pointer = if node.below & KEY != 0 {
+            self.key.clone()
+        } else if node.below & TIME != 0 {
+            self.time.clone()
+        } else {
+            self.id.clone().unwrap_or_else(|| self.key.clone())
+        };
+        DeadLetterReason::DuplicateMember {
+            pointer,
+            member: quote(&node.token).into(),
+        }
     }
 
     fn event_time(&self, found: Captured<'_>) -> Result<i64, DeadLetterReason> {
@@ -770,6 +799,9 @@ impl Captured<'_> {
 #[derive(Default)]
 struct Captures<'de> {
     slots: [Option<Captured<'de>>; 3],
+    /// The tree node of a member on a pointer path met twice in one object; parsing
+    /// stops there.
+    duplicate: Option<usize>,
 }
 
 impl<'de> Captures<'de> {
@@ -873,12 +905,21 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(JsonType::Object);
         }
+        // Which of the node's children (at most three: one per pointer) were met.
+        let mut met = 0u32;
         while let Some(matched) = map.next_key_seed(TokenSeed {
             tree: self.tree,
             children: &node.children,
         })? {
             match matched {
-                Some(child) => {
+                Some(position) => {
+                    let child = node.children[position];
+                    let bit = 1u32.checked_shl(position as u32).unwrap_or(0);
+                    if met & bit != 0 {
+                        self.captures.duplicate = Some(child);
+                        return Err(de::Error::custom("duplicate member"));
+                    }
+                    met |= bit;
                     map.next_value_seed(NodeSeed {
                         tree: self.tree,
                         node: child,
@@ -946,12 +987,12 @@ impl<'de> Visitor<'de> for TokenSeed<'_> {
         f.write_str("an object member name")
     }
 
+    /// The position of the matching child in `children`.
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(self
             .children
             .iter()
-            .copied()
-            .find(|&child| *self.tree.nodes[child].token == *v))
+            .position(|&child| *self.tree.nodes[child].token == *v))
     }
 }
 
@@ -1022,9 +1063,9 @@ mod tests {
         assert_eq!(event.key, "42");
         assert_eq!(event.time, 1_714_564_800_123);
         assert_eq!(event.id.as_deref(), Some("-7"));
-        let event = ok(&standard(), br#"{"customer_id":-3,"ts":-86400000}"#);
+        let event = ok(&standard(), br#"{"customer_id":-3,"ts":86400000}"#);
         assert_eq!(event.key, "-3");
-        assert_eq!(event.time, -86_400_000);
+        assert_eq!(event.time, 86_400_000);
         assert_eq!(event.id, None);
         let event = ok(
             &standard(),
@@ -1081,16 +1122,42 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_members_last_wins() {
-        let d = decoder("/k", "/t/x", None);
+    fn duplicate_members_on_a_pointer_path_are_dead_letters() {
+        let d = decoder("/k", "/t/x", Some("/id"));
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"k":"a","k":"b","t":{"x":1}}"#,
+                r#"duplicate member "k" on the path of /k: which one counts is ambiguous"#,
+            ),
+            (
+                br#"{"k":"a","t":{"x":1},"t":{"x":2}}"#,
+                r#"duplicate member "t" on the path of /t/x: which one counts is ambiguous"#,
+            ),
+            (
+                br#"{"k":"a","t":{"x":1,"x":2}}"#,
+                r#"duplicate member "x" on the path of /t/x: which one counts is ambiguous"#,
+            ),
+            (
+                br#"{"k":"a","t":{"x":1},"id":1,"id":1}"#,
+                r#"duplicate member "id" on the path of /id: which one counts is ambiguous"#,
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(reason(&d, bytes), *expected);
+            let dead = d.decode(0, 0, bytes).unwrap_err();
+            assert_eq!(dead.reason.code(), "duplicate_member");
+        }
+        // Repeated members off the pointers' paths are the payload's business.
+        let e = ok(&d, br#"{"k":"a","t":{"x":1,"y":1,"y":2},"p":1,"p":2}"#);
+        assert_eq!((e.key.as_str(), e.time), ("a", 1));
         assert_eq!(
-            ok(&d, br#"{"k":"a","k":"b","t":{"x":1},"t":{"x":2}}"#).key,
-            "b"
+            &*e.payload,
+            r#"{"k":"a","t":{"x":1,"y":1,"y":2},"p":1,"p":2}"#
         );
-        assert_eq!(ok(&d, br#"{"k":"a","t":{"x":1},"t":{"x":2}}"#).time, 2);
+        // The duplicate is found wherever it is: after the values were captured, too.
         assert_eq!(
-            reason(&d, br#"{"k":"a","t":{"x":1},"t":{"y":2}}"#),
-            "missing time: no value at /t/x"
+            reason(&d, br#"{"t":{"x":1},"k":"a","z":[1,2],"k":"a"}"#),
+            r#"duplicate member "k" on the path of /k: which one counts is ambiguous"#
         );
     }
 
@@ -1170,19 +1237,27 @@ mod tests {
             ),
             (
                 br#"{"customer_id":"c","ts":253402300800000}"#,
-                "time at /ts is out of range: 253402300800000 is outside the years 0000 to 9999",
+                "time at /ts is out of range: 253402300800000 is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z",
+            ),
+            (
+                br#"{"customer_id":"c","ts":-1}"#,
+                "time at /ts is out of range: -1 is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z",
+            ),
+            (
+                br#"{"customer_id":"c","ts":"1969-12-31T23:59:59.999Z"}"#,
+                r#"time at /ts is out of range: "1969-12-31T23:59:59.999Z" is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"#,
             ),
             (
                 br#"{"customer_id":"c","ts":-62167219200001}"#,
-                "time at /ts is out of range: -62167219200001 is outside the years 0000 to 9999",
+                "time at /ts is out of range: -62167219200001 is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z",
             ),
             (
                 br#"{"customer_id":"c","ts":18446744073709551615}"#,
-                "time at /ts is out of range: 18446744073709551615 is outside the years 0000 to 9999",
+                "time at /ts is out of range: 18446744073709551615 is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z",
             ),
             (
                 br#"{"customer_id":"c","ts":"0000-01-01T00:00:00+00:01"}"#,
-                r#"time at /ts is out of range: "0000-01-01T00:00:00+00:01" is outside the years 0000 to 9999"#,
+                r#"time at /ts is out of range: "0000-01-01T00:00:00+00:01" is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"#,
             ),
             (
                 br#"{"customer_id":"c","ts":1,"event_id":{"a":1}}"#,
@@ -1310,7 +1385,7 @@ mod tests {
             ("2024-05-01 12:00:00Z", 1_714_564_800_000),
             ("2024-02-29T00:00:00-00:00", 1_709_164_800_000),
             ("2016-12-31T23:59:60Z", 1_483_228_800_000),
-            ("0000-01-01T00:00:00Z", MIN_EVENT_TIME),
+            ("0000-01-01T00:00:00Z", -62_167_219_200_000),
             ("9999-12-31T23:59:59.999Z", MAX_EVENT_TIME),
         ];
         for (text, ms) in cases {
