@@ -47,12 +47,10 @@ use crate::engine::{
     Checkpointed, CompleteConfig, CompleteOperator, IntervalConfig, IntervalOperator, KeyLoader,
     LinkConfig, Operator, Output, SessionConfig, SessionOperator, WindowConfig, WindowOperator,
 };
+use crate::fault::{CrashPoint, crash_point, fail_point, stall_point};
 use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
-use crate::outbox::{
-    CrashPoint, OutKind, OutRecord, Outbox, OutboxError, SequenceCounters, crash_point, fail_point,
-    stall_point,
-};
+use crate::outbox::{OutKind, OutRecord, Outbox, OutboxError, SequenceCounters};
 use crate::replay::Range;
 use crate::state::{
     Checkpoint, KeyWrites, OutboxEntry, Persist, StateError, StateOptions, StateStore, encode,
@@ -1753,7 +1751,7 @@ fn commit_loop(
         crash_point(CrashPoint::Commit);
         stall_point(CrashPoint::Commit);
         let commit_started = Instant::now();
-        let written = store.commit(checkpoint)?;
+        let written = store.commit(checkpoint).map_err(OutboxError::Commit)?;
         let commit_seconds = commit_started.elapsed().as_secs_f64();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;

@@ -40,6 +40,7 @@
 //!   its isolation from the live job (own state directory, own output topics).
 //! - [`datagen`]: the deterministic synthetic workload (customer sessions, order parts,
 //!   disorder, late, duplicate and poison records) used by the demo, tests and benches.
+//! - [`fault`]: the test hooks that crash, stall or fail a run at exact points.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`cli`]: the `braid` command line; the only place that uses `anyhow`.
 //!
@@ -50,6 +51,7 @@ pub mod cli;
 pub mod datagen;
 pub mod decode;
 pub mod engine;
+pub mod fault;
 pub mod inspect;
 pub mod job;
 pub mod log;

@@ -891,6 +891,44 @@ fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once(
 }
 
 #[test]
+fn a_failed_checkpoint_write_stops_the_job_clearly_and_the_restart_is_exactly_once() {
+    let clean = reference(SMALL);
+    let job = Job::new(SMALL);
+    let mut cmd = job.run_cmd(&[]);
+    // The fourth checkpoint's RocksDB write fails, as on a full disk: not retried.
+    cmd.env("BRAID_FAIL_AT", "commit:4");
+    let out = common::output_within(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let stderr = common::stderr(&out);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        line,
+        format!(
+            "error: job customer-journey: committing a checkpoint: state directory {}: writing checkpoint failed: No space left on device (injected by BRAID_FAIL_AT=commit:4)",
+            job.state.display()
+        )
+    );
+    // Three checkpoints were committed and their output published; nothing after.
+    let mut cmd = job.braid(&["inspect", "--json"]);
+    cmd.arg(&job.topology);
+    let inspected: Value =
+        serde_json::from_str(&common::ok(common::output_within(cmd, LIMIT))).unwrap();
+    assert_eq!(n(&inspected["checkpoint"]), 3, "{inspected}");
+    assert!(job.output_records() < clean.outputs.total());
+    // Space is back: the restart goes on from checkpoint 3, exactly once.
+    let summary = job.run_to_end(&[]);
+    assert_eq!(n(&summary["resumed"]), 1);
+    assert_exactly_once(
+        &job.outputs(),
+        &clean.outputs,
+        "after a failed checkpoint write",
+    );
+}
+
+#[test]
 fn transient_append_failures_are_retried_through_exactly_once() {
     let clean = reference(SMALL);
     let job = Job::new(SMALL);

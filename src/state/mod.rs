@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::fault::{CrashPoint, fail_point};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     IteratorMode, Options, WriteBatch, WriteOptions,
@@ -76,7 +77,8 @@ pub enum StateError {
         found: u32,
         expected: u32,
     },
-    #[error("state directory {dir}: RocksDB error while {action}: {source}")]
+    // The causes (`source`) are not repeated in the messages: error chains print them.
+    #[error("state directory {dir}: RocksDB error while {action}")]
     Rocks {
         dir: PathBuf,
         action: &'static str,
@@ -89,8 +91,15 @@ pub enum StateError {
         key: EscapedBytes,
         reason: String,
     },
-    #[error("state directory {dir}: cannot read it: {source}")]
+    #[error("state directory {dir}: cannot read it")]
     Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// A checkpoint write that failed outside RocksDB's own error reporting (an injected
+    /// fault: `BRAID_FAIL_AT=commit:<n>`).
+    #[error("state directory {dir}: writing checkpoint failed")]
+    WriteFailed {
         dir: PathBuf,
         source: std::io::Error,
     },
@@ -516,6 +525,10 @@ impl StateStore {
     /// Writes `cp` as one atomic, fsynced batch.
     pub fn commit(&self, cp: Checkpoint<'_>) -> Result<CommitStats, StateError> {
         self.writable("commit a checkpoint")?;
+        fail_point(CrashPoint::Commit).map_err(|source| StateError::WriteFailed {
+            dir: self.dir().to_path_buf(),
+            source,
+        })?;
         // Sized up front: growing a batch of tens of MB by doubling copies it repeatedly.
         let estimate = cp
             .upserts
@@ -1470,12 +1483,18 @@ mod tests {
         drop(store);
         std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
         let err = StateStore::open(&dir, FP, StateOptions::default()).unwrap_err();
-        let msg = err.to_string();
-        let prefix = format!(
-            "state directory {}: RocksDB error while listing column families: ",
-            dir.display()
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {}: RocksDB error while listing column families",
+                dir.display()
+            )
         );
-        assert!(msg.starts_with(&prefix), "{msg}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            cause.is_some_and(|c| c.contains("MANIFEST-999999")),
+            "{err:?}"
+        );
         assert!(matches!(err, StateError::Rocks { .. }));
         // The damaged directory was left as it was.
         assert_eq!(
