@@ -272,8 +272,12 @@ pub fn run(
     let shards = plan.shards.max(1);
 
     let store = Arc::new(
-        StateStore::open(&plan.state, plan.fingerprint().0, StateOptions::default())
-            .map_err(state_err)?,
+        StateStore::open(
+            &plan.state,
+            plan.fingerprint().0,
+            StateOptions::for_plan(plan),
+        )
+        .map_err(state_err)?,
     );
     let snapshot: Option<JobSnapshot> = store.watermarks().map_err(state_err)?;
     let resumed = snapshot.is_some();

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use crate::fault::{CrashPoint, fail_point};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -295,7 +295,10 @@ impl postcard::ser_flavors::Flavor for Scratch<'_> {
 pub struct StateOptions {
     /// Shared LRU block cache, bounded so state size does not become memory size.
     pub block_cache_bytes: usize,
-    /// Memtable size per column family.
+    /// All memtables together: a write buffer manager flushes the largest one when they
+    /// exceed it, and each column family's memtable is a quarter of it (the three busy
+    /// ones — keys, chunks, outbox — then fit with room for one being flushed), at most
+    /// 64 MiB.
     pub write_buffer_bytes: usize,
 }
 
@@ -303,8 +306,24 @@ impl Default for StateOptions {
     fn default() -> Self {
         StateOptions {
             block_cache_bytes: 64 << 20,
-            write_buffer_bytes: 32 << 20,
+            write_buffer_bytes: 128 << 20,
         }
+    }
+}
+
+impl StateOptions {
+    /// The budgets of a topology's `[limits]`.
+    pub fn for_plan(plan: &crate::topology::Plan) -> Self {
+        StateOptions {
+            block_cache_bytes: usize::try_from(plan.limits.state_cache).unwrap_or(usize::MAX),
+            write_buffer_bytes: usize::try_from(plan.limits.state_write_buffer)
+                .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// One column family's memtable size.
+    fn memtable_bytes(&self) -> usize {
+        (self.write_buffer_bytes / 4).clamp(1 << 20, 64 << 20)
     }
 }
 
@@ -419,7 +438,7 @@ fn cf_options(name: &str, opts: &StateOptions, cache: &Cache) -> Options {
             DBCompressionType::Lz4
         },
     );
-    cf.set_write_buffer_size(opts.write_buffer_bytes);
+    cf.set_write_buffer_size(opts.memtable_bytes());
     cf
 }
 
@@ -447,6 +466,10 @@ impl StateStore {
         db_opts.create_if_missing(fresh);
         db_opts.create_missing_column_families(fresh);
         db_opts.set_compression_type(DBCompressionType::Lz4);
+        db_opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(
+            opts.write_buffer_bytes,
+            false,
+        ));
         let cfs = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &opts, &cache)));
@@ -925,6 +948,40 @@ mod tests {
     use tempfile::TempDir;
 
     const FP: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+
+    #[test]
+    fn the_write_buffer_budget_bounds_the_memtables() {
+        assert_eq!(StateOptions::default().memtable_bytes(), 32 << 20);
+        let small = StateOptions {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 4 << 20,
+        };
+        assert_eq!(small.memtable_bytes(), 1 << 20);
+        let huge = StateOptions {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 40,
+        };
+        assert_eq!(huge.memtable_bytes(), 64 << 20);
+        // 24 MiB of key states through 1 MiB memtables: RocksDB keeps switching and
+        // flushing them instead of holding everything in memory.
+        let tmp = TempDir::new().unwrap();
+        let store = StateStore::open(&tmp.path().join("s"), FP, small).unwrap();
+        let keys: Vec<String> = (0..24 * 256).map(|i| format!("k{i:06}")).collect();
+        for batch in keys.chunks(256) {
+            let upserts = batch
+                .iter()
+                .map(|k| (k.as_str(), vec![7u8; 4096]))
+                .collect();
+            store
+                .commit(Checkpoint {
+                    upserts,
+                    ..Checkpoint::default()
+                })
+                .unwrap();
+        }
+        let memtables = store.stats().memtable_bytes;
+        assert!(memtables < 8 << 20, "{memtables} bytes in memtables");
+    }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Ks {

@@ -225,6 +225,10 @@ journeys = "customer.journey"
         );
         assert_eq!(plan.limits.max_record_bytes, 1 << 20);
         assert_eq!(
+            (plan.limits.state_cache, plan.limits.state_write_buffer),
+            (64 << 20, 128 << 20)
+        );
+        assert_eq!(
             plan.checkpoint,
             CheckpointPolicy {
                 interval: Duration::from_secs(1),
@@ -281,6 +285,8 @@ retry_for = "2m"
 
 [limits]
 max_record_bytes = 65536
+state_cache = "256MiB"
+state_write_buffer = "1GiB"
 
 [checkpoint]
 interval = "500ms"
@@ -321,6 +327,11 @@ max_records = 10000
         assert!(!plan.output.include_payload);
         assert_eq!(plan.output.retry_for, Duration::from_secs(120));
         assert_eq!(plan.limits.max_record_bytes, 65536);
+        let state = crate::state::StateOptions::for_plan(&plan);
+        assert_eq!(
+            (state.block_cache_bytes, state.write_buffer_bytes),
+            (256 << 20, 1 << 30)
+        );
         assert_eq!(plan.checkpoint.interval, Duration::from_millis(500));
         assert_eq!(plan.checkpoint.max_records, Some(10000));
     }
@@ -885,6 +896,15 @@ type = "left"
             ]
         );
         assert_eq!(
+            problems(&format!(
+                "{BASE}[limits]\nstate_cache = \"512KiB\"\nstate_write_buffer = 0\n"
+            )),
+            [
+                "t.toml:20:15: limits.state_cache: must be between 1MiB and 64GiB, got 512KiB",
+                "t.toml:21:22: limits.state_write_buffer: must be between 4MiB and 64GiB, got 0"
+            ]
+        );
+        assert_eq!(
             problems(&format!("{BASE}[checkpoint]\nmax_records = 0\n")),
             [
                 "t.toml:20:15: checkpoint.max_records: must be at least 1, got 0 (hint: leave it out to checkpoint on the interval only)"
@@ -953,6 +973,7 @@ type = "left"
               dead letters → customer.journey.dlq
               a failing append is retried for 30s
   limits      records up to 1MiB, 100000 events kept per window
+              RocksDB cache 64MiB, write buffers 128MiB
   checkpoint  every 1s
 ",
             plan.fingerprint()

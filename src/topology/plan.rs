@@ -200,6 +200,10 @@ pub struct Limits {
     /// Events kept per open session; later ones are counted in the journey, not kept
     /// (1 ..= 100,000,000).
     pub max_events_per_window: u64,
+    /// RocksDB's block cache, shared by all column families (1 MiB ..= 64 GiB).
+    pub state_cache: u64,
+    /// RocksDB's memtables, all column families together (4 MiB ..= 64 GiB).
+    pub state_write_buffer: u64,
 }
 
 /// When state, positions and pending output are committed.
@@ -420,6 +424,12 @@ impl Plan {
             "  limits      records up to {}, {} events kept per window",
             Bytes(self.limits.max_record_bytes),
             self.limits.max_events_per_window
+        )?;
+        writeln!(
+            out,
+            "              RocksDB cache {}, write buffers {}",
+            Bytes(self.limits.state_cache),
+            Bytes(self.limits.state_write_buffer)
         )?;
         write!(
             out,

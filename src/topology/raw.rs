@@ -212,6 +212,8 @@ pub(crate) struct RawOutput {
 pub(crate) const LIMITS: &[Field] = &[
     field("max_record_bytes", Size),
     field("max_events_per_window", Integer),
+    field("state_cache", Size),
+    field("state_write_buffer", Size),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +221,8 @@ pub(crate) const LIMITS: &[Field] = &[
 pub(crate) struct RawLimits {
     pub(crate) max_record_bytes: Option<Spanned<RawSize>>,
     pub(crate) max_events_per_window: Option<Spanned<i64>>,
+    pub(crate) state_cache: Option<Spanned<RawSize>>,
+    pub(crate) state_write_buffer: Option<Spanned<RawSize>>,
 }
 
 /// `max_record_bytes = 1048576` or `max_record_bytes = "1MiB"`.

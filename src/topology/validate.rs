@@ -46,6 +46,8 @@ const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
 const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
 const MAX_MAX_RECORD_BYTES: u64 = 1 << 30;
+const DEFAULT_STATE_CACHE: u64 = 64 << 20;
+const DEFAULT_STATE_WRITE_BUFFER: u64 = 128 << 20;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_SHARDS: i64 = 1024;
 
@@ -1096,21 +1098,47 @@ fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>)
             }
         },
     };
-    let max_record_bytes = validate_max_record_bytes(limits, d);
+    let l = limits.map(Spanned::get_ref);
+    let max_record_bytes = validate_size(
+        l.and_then(|l| l.max_record_bytes.as_ref()),
+        "limits.max_record_bytes",
+        DEFAULT_MAX_RECORD_BYTES,
+        1..=MAX_MAX_RECORD_BYTES,
+        d,
+    );
+    let state_cache = validate_size(
+        l.and_then(|l| l.state_cache.as_ref()),
+        "limits.state_cache",
+        DEFAULT_STATE_CACHE,
+        1 << 20..=64 << 30,
+        d,
+    );
+    let state_write_buffer = validate_size(
+        l.and_then(|l| l.state_write_buffer.as_ref()),
+        "limits.state_write_buffer",
+        DEFAULT_STATE_WRITE_BUFFER,
+        4 << 20..=64 << 30,
+        d,
+    );
     Some(Limits {
         max_record_bytes: max_record_bytes?,
         max_events_per_window: max_events?,
+        state_cache: state_cache?,
+        state_write_buffer: state_write_buffer?,
     })
 }
 
-fn validate_max_record_bytes(
-    limits: Option<&Spanned<RawLimits>>,
+/// A size field of `[limits]`: a default when absent, else within `range`.
+fn validate_size(
+    value: Option<&Spanned<RawSize>>,
+    field: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
     d: &mut Diagnostics<'_>,
 ) -> Option<u64> {
-    let Some(value) = limits.and_then(|l| l.get_ref().max_record_bytes.as_ref()) else {
-        return Some(DEFAULT_MAX_RECORD_BYTES);
+    let Some(value) = value else {
+        return Some(default);
     };
-    const FIELD: &str = "limits.max_record_bytes";
     let bytes = match value.get_ref() {
         RawSize::Bytes(n) => u64::try_from(*n).ok(),
         RawSize::Text(text) => match size::parse(text) {
@@ -1118,7 +1146,7 @@ fn validate_max_record_bytes(
             Err(error) => {
                 d.report(
                     value.span(),
-                    FIELD,
+                    field,
                     error.to_string(),
                     Some(error.hint().to_owned()),
                 );
@@ -1127,7 +1155,7 @@ fn validate_max_record_bytes(
         },
     };
     match bytes {
-        Some(n) if (1..=MAX_MAX_RECORD_BYTES).contains(&n) => Some(n),
+        Some(n) if range.contains(&n) => Some(n),
         _ => {
             let got = match value.get_ref() {
                 RawSize::Bytes(n) => n.to_string(),
@@ -1135,10 +1163,11 @@ fn validate_max_record_bytes(
             };
             d.report(
                 value.span(),
-                FIELD,
+                field,
                 format!(
-                    "must be between 1B and {}, got {got}",
-                    Bytes(MAX_MAX_RECORD_BYTES)
+                    "must be between {} and {}, got {got}",
+                    Bytes(*range.start()),
+                    Bytes(*range.end())
                 ),
                 None,
             );
