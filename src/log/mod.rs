@@ -204,7 +204,15 @@ impl Log {
         // directories do, and a concurrent create sees either nothing or the whole file.
         let tmp = dir.join(format!(".{META_FILE}.{}", std::process::id()));
         let json = serde_json::to_vec_pretty(&meta).expect("plain struct serialises");
-        std::fs::write(&tmp, json).map_err(io(&tmp))?;
+        segment::no_follow(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+        .map_err(io(&tmp))?;
         let path = dir.join(META_FILE);
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(meta)
@@ -242,9 +250,10 @@ impl Log {
     fn read_meta(&self, name: &str) -> Result<Option<TopicMeta>, LogError> {
         Self::no_symlink(&self.root.join(name))?;
         let path = self.root.join(name).join(META_FILE);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match segment::read_file(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if segment::is_symlink_error(&e) => return Err(LogError::Symlink { path }),
             Err(source) => return Err(LogError::Io { path, source }),
         };
         let meta: TopicMeta =
@@ -558,5 +567,50 @@ mod file_tests {
             log.writer("views", 0, WriterOptions::default()),
             Err(LogError::Symlink { .. })
         ));
+    }
+
+    #[test]
+    fn files_inside_a_partition_that_are_symlinks_are_never_followed() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let outside = tmp.path().join("precious.txt");
+        std::fs::write(&outside, "not braid's").unwrap();
+        let root = tmp.path().join("log");
+        let log = Log::open(&root).unwrap();
+        log.create_topic("views", 1).unwrap();
+        let mut w = log.writer("views", 0, WriterOptions::default()).unwrap();
+        w.append([(None, &b"{}"[..])]).unwrap();
+        drop(w);
+        let dir = log.partition_dir("views", 0);
+        let segment = segment::log_path(&dir, 0);
+        // The segment swapped for a link to a file outside: neither read nor written
+        // (a writer would otherwise truncate it as a torn tail).
+        std::fs::remove_file(&segment).unwrap();
+        std::os::unix::fs::symlink(&outside, &segment).unwrap();
+        let expected = format!(
+            "{} is a symbolic link; braid does not follow links out of its log directory (replace it with the directory itself)",
+            segment.display()
+        );
+        let read = log
+            .reader("views", 0, 0)
+            .and_then(|mut r| r.read_batch(10).map(|_| ()));
+        assert_eq!(read.unwrap_err().to_string(), expected);
+        let written = log.writer("views", 0, WriterOptions::default()).map(|_| ());
+        assert_eq!(written.unwrap_err().to_string(), expected);
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "not braid's");
+        // The writer's lock file too.
+        std::fs::remove_file(&segment).unwrap();
+        let lock = dir.join("writer.lock");
+        std::fs::remove_file(&lock).unwrap();
+        std::os::unix::fs::symlink(&outside, &lock).unwrap();
+        assert!(matches!(
+            log.writer("views", 0, WriterOptions::default()),
+            Err(LogError::Symlink { .. })
+        ));
+        // And the topic's metadata.
+        let meta = root.join("views").join(META_FILE);
+        std::fs::remove_file(&meta).unwrap();
+        std::os::unix::fs::symlink(&outside, &meta).unwrap();
+        assert!(matches!(log.topic("views"), Err(LogError::Symlink { .. })));
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "not braid's");
     }
 }

@@ -62,11 +62,18 @@ impl PartitionRef {
     /// Wraps an I/O error on `path`. Lazy: the topic and path are copied only when an error
     /// actually happens, because readers call this once per record (`peek().map_err(..)`).
     fn io<'a>(&'a self, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
-        move |source| LogError::PartitionIo {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            path: path.to_path_buf(),
-            source,
+        move |source| {
+            if segment::is_symlink_error(&source) {
+                return LogError::Symlink {
+                    path: path.to_path_buf(),
+                };
+            }
+            LogError::PartitionIo {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 }
@@ -92,7 +99,7 @@ pub struct PartitionWriter {
 impl PartitionWriter {
     pub(crate) fn open(part: PartitionRef, opts: WriterOptions) -> Result<Self, LogError> {
         let lock_path = part.dir.join("writer.lock");
-        let lock = OpenOptions::new()
+        let lock = segment::no_follow(&mut OpenOptions::new())
             .create(true)
             .truncate(false)
             .write(true)
@@ -113,7 +120,7 @@ impl PartitionWriter {
         let base = bases.last().copied().unwrap_or(0);
         let recovered = recover_segment(&part, base)?;
         let log_path = segment::log_path(&part.dir, base);
-        let log = OpenOptions::new()
+        let log = segment::no_follow(&mut OpenOptions::new())
             .create(true)
             .append(true)
             .open(&log_path)
@@ -133,7 +140,7 @@ impl PartitionWriter {
             );
         }
         let index_path = segment::index_path(&part.dir, base);
-        let mut index = OpenOptions::new()
+        let mut index = segment::no_follow(&mut OpenOptions::new())
             .create(true)
             .write(true)
             .truncate(true)
@@ -278,13 +285,13 @@ impl PartitionWriter {
         self.index.sync_data().map_err(self.part.io(&index_path))?;
         self.base = self.next_offset;
         let log_path = segment::log_path(&self.part.dir, self.base);
-        self.log = OpenOptions::new()
+        self.log = segment::no_follow(&mut OpenOptions::new())
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(self.part.io(&log_path))?;
         let index_path = segment::index_path(&self.part.dir, self.base);
-        self.index = OpenOptions::new()
+        self.index = segment::no_follow(&mut OpenOptions::new())
             .create(true)
             .write(true)
             .truncate(true)

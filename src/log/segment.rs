@@ -10,8 +10,10 @@
 //! The index is derived data: a writer rebuilds the active segment's index when it opens, and a
 //! reader ignores a torn trailing entry.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::Read as _;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Decoded, FrameView};
@@ -74,7 +76,7 @@ impl IndexEntry {
 /// Reads the index of a segment. Entries that are torn, out of order or point past the end of
 /// the frames file are dropped: a shorter index only means a longer scan.
 pub fn read_index(dir: &Path, base: u64, log_len: u64) -> Vec<IndexEntry> {
-    let Ok(bytes) = std::fs::read(index_path(dir, base)) else {
+    let Ok(bytes) = read_file(&index_path(dir, base)) else {
         return Vec::new();
     };
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
@@ -131,10 +133,32 @@ pub enum Next<'a> {
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// `opts` set not to follow a symbolic link in the last component (`O_NOFOLLOW`): every
+/// file of the log is opened so, so a link planted inside a partition directory cannot
+/// make braid read, write or truncate a file outside the log. The open then fails with
+/// `ELOOP`, which [`is_symlink_error`] recognises.
+pub fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
+    opts.custom_flags(libc::O_NOFOLLOW)
+}
+
+/// Whether an open failed because the path is a symbolic link ([`no_follow`]).
+pub fn is_symlink_error(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// Reads a whole file of the log, not through a symbolic link.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    no_follow(OpenOptions::new().read(true))
+        .open(path)?
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl SegmentCursor {
     pub fn open(path: &Path, position: u64) -> std::io::Result<Self> {
         Ok(SegmentCursor {
-            file: File::open(path)?,
+            file: no_follow(OpenOptions::new().read(true)).open(path)?,
             buf_pos: position,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
