@@ -866,6 +866,33 @@ type = "left"
     }
 
     #[test]
+    fn directories_must_be_printable_and_not_empty() {
+        assert_eq!(
+            problems(&with(
+                "name = \"journeys\"",
+                "name = \"journeys\"\nstate = \"data/\\nstate\"\nbroker = { kind = \"embedded\", path = \"\" }"
+            )),
+            [
+                "t.toml:2:9: state: the state directory contains the control character '\\n' (hint: remove it from the path)",
+                "t.toml:3:38: broker.path: the log directory is empty"
+            ]
+        );
+        let plan = parse(
+            &with(
+                "name = \"journeys\"",
+                "name = \"journeys\"\nstate = \"../shared state/j\"",
+            ),
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.state,
+            Path::new("../shared state/j"),
+            "any other path is the operator's"
+        );
+    }
+
+    #[test]
     fn numeric_limits() {
         assert_eq!(
             problems(&with(

@@ -72,11 +72,7 @@ pub(crate) fn validate(raw: RawTopology, d: &mut Diagnostics<'_>) -> Option<Plan
     let broker = validate_broker(raw.broker.as_ref(), d);
     let fluvio = matches!(broker, Some(Broker::Fluvio { .. }));
     let state = match (&raw.state, &name) {
-        (Some(state), _) if state.get_ref().is_empty() => {
-            d.report(state.span(), "state", "the state directory is empty", None);
-            None
-        }
-        (Some(state), _) => Some(PathBuf::from(state.get_ref())),
+        (Some(state), _) => directory(state, "state", "the state directory", d),
         (None, Some(name)) => Some(PathBuf::from(format!("data/state/{name}"))),
         (None, None) => None,
     };
@@ -196,6 +192,31 @@ fn parse_duration(
     parse_reported(value, field, d, duration::parse, |e| e.hint())
 }
 
+/// A directory path: not empty, no control characters (a newline or escape in a path is
+/// a pasting accident, and would garble every message that names the directory).
+fn directory(
+    value: &Spanned<String>,
+    field: &str,
+    what: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<PathBuf> {
+    let path = value.get_ref();
+    if path.is_empty() {
+        d.report(value.span(), field, format!("{what} is empty"), None);
+        return None;
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        d.report(
+            value.span(),
+            field,
+            format!("{what} contains the control character {c:?}"),
+            Some("remove it from the path".to_owned()),
+        );
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
 /// A duration that defaults when absent.
 fn duration_or(
     value: Option<&Spanned<String>>,
@@ -305,16 +326,7 @@ fn validate_broker(broker: Option<&Spanned<RawBroker>>, d: &mut Diagnostics<'_>)
         "embedded" => {
             not_for(&b.endpoint, "endpoint", d);
             let path = match &b.path {
-                Some(path) if path.get_ref().is_empty() => {
-                    d.report(
-                        path.span(),
-                        "broker.path",
-                        "the log directory is empty",
-                        None,
-                    );
-                    return None;
-                }
-                Some(path) => PathBuf::from(path.get_ref()),
+                Some(path) => directory(path, "broker.path", "the log directory", d)?,
                 None => PathBuf::from(DEFAULT_BROKER_PATH),
             };
             (b.endpoint.is_none()).then_some(Broker::Embedded { path })
