@@ -389,6 +389,8 @@ pub fn run(
             out: commit_tx.clone(),
             metrics: opts.telemetry.as_ref().map(|t| t.metrics.clone()),
             kind: plan.correlation.kind(),
+            max_record_bytes: usize::try_from(plan.limits.max_output_record_bytes)
+                .unwrap_or(usize::MAX),
         };
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
@@ -1165,6 +1167,7 @@ impl AnyOperator {
                     grace: plan.time.grace,
                     retention: None,
                     include_payload: plan.output.include_payload,
+                    max_record_bytes: Some(plan.limits.max_output_record_bytes as usize),
                 }
                 .build()
                 .map(AnyOperator::Window)
@@ -1260,6 +1263,8 @@ struct Shard {
     metrics: Option<Metrics>,
     /// The correlation kind (a metrics label).
     kind: &'static str,
+    /// Journeys larger than this are published in parts.
+    max_record_bytes: usize,
 }
 
 impl Shard {
@@ -1362,12 +1367,16 @@ impl Shard {
                 }
                 for out in outputs.drain(..) {
                     match out {
-                        Output::Journey(j) => records.push(OutRecord::new(
-                            OutKind::Journey,
-                            Some(j.key.as_bytes().to_vec()),
-                            j.to_json(),
-                            slice_at,
-                        )),
+                        Output::Journey(j) => {
+                            for json in j.to_json_parts(self.max_record_bytes) {
+                                records.push(OutRecord::new(
+                                    OutKind::Journey,
+                                    Some(j.key.as_bytes().to_vec()),
+                                    json,
+                                    slice_at,
+                                ));
+                            }
+                        }
                         Output::Late(l) => {
                             late_reports.note(|| RecordCoordinates {
                                 topic: l.topic.to_string(),

@@ -175,3 +175,85 @@ fn hostile_records_are_dead_letters_and_the_job_goes_on() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn a_bot_key_gives_one_truncated_journey_published_in_parts_that_fit() {
+    let t = TempLog::new();
+    t.log.create_topic("events", 2).unwrap();
+    // 30,000 events of one key a second apart: one session; 5,000 are kept.
+    let records: Vec<Vec<u8>> = (0..30_000u64)
+        .map(|i| {
+            format!(
+                r#"{{"customer_id":"bot","ts":{},"event_id":"b{i}","page":"/p/{}"}}"#,
+                1_767_600_000_000u64 + i * 1_000,
+                i % 97
+            )
+            .into_bytes()
+        })
+        .collect();
+    for p in 0..2u32 {
+        let mut w = t.log.writer("events", p, WriterOptions::default()).unwrap();
+        w.append(
+            records
+                .iter()
+                .skip(p as usize)
+                .step_by(2)
+                .map(|r| (Some(&b"bot"[..]), r.as_slice())),
+        )
+        .unwrap();
+    }
+    let state = t.dir.path().join("state");
+    let topology = t.dir.path().join("bot.toml");
+    let limits = "\n[limits]\nmax_record_bytes = \"1KiB\"\nmax_output_record_bytes = \"64KiB\"\nmax_events_per_window = 5000\n";
+    std::fs::write(
+        &topology,
+        TOPOLOGY
+            .replace("@LOG@", &t.path().display().to_string())
+            .replace("@STATE@", &state.display().to_string())
+            + limits,
+    )
+    .unwrap();
+    let summary_path = t.dir.path().join("summary.json");
+    ok(t.braid()
+        .arg("run")
+        .arg(&topology)
+        .args(["--bounded", "--summary-json"])
+        .arg(&summary_path)
+        .output()
+        .unwrap());
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    assert_eq!(summary["records_in"], 30_000);
+
+    let published = read_topic(&t.log, "out");
+    let parts: Vec<Value> = published
+        .iter()
+        .map(|(_, r)| {
+            assert!(r.value.len() <= (64 << 10) + 64, "{} bytes", r.value.len());
+            serde_json::from_slice(&r.value).unwrap()
+        })
+        .collect();
+    let n = parts.len();
+    assert!(n > 5, "{n} parts");
+    let mut ids: Vec<String> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part["id"], parts[0]["id"], "one journey");
+        assert_eq!(part["part"], serde_json::json!({"index": i + 1, "of": n}));
+        assert_eq!(part["truncated"], true);
+        assert_eq!(part["dropped_events"], 25_000);
+        assert_eq!(part["counts"]["events"], 5_000);
+        ids.extend(
+            part["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    // 5,000 distinct events, in time order across the parts.
+    let numbers: Vec<u64> = ids.iter().map(|id| id[1..].parse().unwrap()).collect();
+    assert_eq!(numbers.len(), 5_000);
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once"
+    );
+}

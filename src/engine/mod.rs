@@ -360,6 +360,24 @@ impl Journey {
         }
         .to_json()
     }
+
+    /// [`Journey::to_json`], split into parts of at most `limit` bytes
+    /// ([`WindowedRecord::to_json_parts`]).
+    pub fn to_json_parts(&self, limit: usize) -> Vec<Vec<u8>> {
+        WindowedRecord {
+            kind: "journey",
+            id: self.id,
+            key: &self.key,
+            start: self.start,
+            end: self.end,
+            events: &self.events,
+            topics: &self.topics,
+            include_payload: self.include_payload,
+            cut_by_boundary: self.cut_by_boundary,
+            dropped: self.dropped,
+        }
+        .to_json_parts(limit)
+    }
 }
 
 /// The shape shared by correlation records over a window of events (`journey`,
@@ -384,12 +402,56 @@ pub struct WindowedRecord<'a> {
 
 impl WindowedRecord<'_> {
     pub fn to_json(&self) -> Vec<u8> {
+        self.render(self.events, None)
+    }
+
+    /// The record as one JSON object if it fits in `limit` bytes, else as parts that
+    /// each fit: every part is a whole record of the same id, key, window and counts
+    /// (of all events), with `"part":{"index":i,"of":n}` and a consecutive run of the
+    /// events in their order. A part holds at least one event, so a single event
+    /// larger than the limit makes a part larger than the limit.
+    pub fn to_json_parts(&self, limit: usize) -> Vec<Vec<u8>> {
+        let whole = self.to_json();
+        if whole.len() <= limit || self.events.len() < 2 {
+            return vec![whole];
+        }
+        let overhead = self
+            .render(&[], Some((self.events.len(), self.events.len())))
+            .len();
+        let room = limit.saturating_sub(overhead);
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut size) = (0, 0);
+        for (i, e) in self.events.iter().enumerate() {
+            let mut one = Vec::new();
+            push_event_json(
+                &mut one,
+                &topic_name(self.topics, e.source),
+                e,
+                self.include_payload,
+            );
+            let len = one.len() + 1;
+            if i > start && size + len > room {
+                runs.push(start..i);
+                (start, size) = (i, 0);
+            }
+            size += len;
+        }
+        runs.push(start..self.events.len());
+        let of = runs.len();
+        runs.into_iter()
+            .enumerate()
+            .map(|(i, run)| self.render(&self.events[run], Some((i + 1, of))))
+            .collect()
+    }
+
+    /// `events` (all or a part's) with counts over all of `self.events`.
+    fn render(&self, events: &[RecordEvent], part: Option<(usize, usize)>) -> Vec<u8> {
         let payload_bytes: usize = if self.include_payload {
-            self.events.iter().map(|e| e.payload.len()).sum()
+            events.iter().map(|e| e.payload.len()).sum()
         } else {
             0
         };
-        let mut out = Vec::with_capacity(160 + self.events.len() * 128 + payload_bytes);
+        let mut out = Vec::with_capacity(160 + events.len() * 128 + payload_bytes);
         out.extend_from_slice(b"{\"kind\":");
         push_json_str(&mut out, self.kind);
         out.extend_from_slice(b",\"id\":\"");
@@ -400,8 +462,12 @@ impl WindowedRecord<'_> {
         push_json_time(&mut out, self.start);
         out.extend_from_slice(b",\"end\":");
         push_json_time(&mut out, self.end);
-        out.extend_from_slice(b"},\"events\":[");
-        for (i, e) in self.events.iter().enumerate() {
+        out.push(b'}');
+        if let Some((index, of)) = part {
+            let _ = write!(out, ",\"part\":{{\"index\":{index},\"of\":{of}}}");
+        }
+        out.extend_from_slice(b",\"events\":[");
+        for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -659,6 +725,119 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    /// `sizes[i]` bytes of payload for event i, alternating over two sources.
+    fn events(sizes: &[usize]) -> Vec<RecordEvent> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| RecordEvent {
+                source: (i % 2) as u16,
+                partition: 0,
+                offset: i as u64,
+                time: 1_000 + i as i64,
+                id: Some(format!("e{i}")),
+                payload: format!("{{\"p\":\"{}\"}}", "x".repeat(n)).into(),
+            })
+            .collect()
+    }
+
+    fn record<'a>(events: &'a [RecordEvent], topics: &'a Topics) -> WindowedRecord<'a> {
+        WindowedRecord {
+            kind: "journey",
+            id: JourneyId(7),
+            key: "bot",
+            start: 1_000,
+            end: 9_000,
+            events,
+            topics,
+            include_payload: true,
+            cut_by_boundary: false,
+            dropped: 3,
+        }
+    }
+
+    /// Checks the parts against the whole record; returns them parsed.
+    fn check_parts(r: &WindowedRecord<'_>, limit: usize) -> Vec<Value> {
+        let parts = r.to_json_parts(limit);
+        let whole: Value = serde_json::from_slice(&r.to_json()).unwrap();
+        let parsed: Vec<Value> = parts
+            .iter()
+            .map(|p| serde_json::from_slice(p).unwrap())
+            .collect();
+        if parts.len() == 1 {
+            assert_eq!(parsed[0], whole, "a record that fits is not split");
+            return parsed;
+        }
+        let mut events = Vec::new();
+        for (i, (bytes, part)) in parts.iter().zip(&parsed).enumerate() {
+            let mut rest = part.clone();
+            let mine = rest["events"].as_array().unwrap().clone();
+            assert!(!mine.is_empty());
+            assert!(
+                bytes.len() <= limit || mine.len() == 1,
+                "part {i}: {} bytes",
+                bytes.len()
+            );
+            assert_eq!(
+                rest["part"],
+                serde_json::json!({"index": i + 1, "of": parts.len()})
+            );
+            events.extend(mine);
+            // Apart from its events and its place, a part is the whole record.
+            let obj = rest.as_object_mut().unwrap();
+            obj.remove("part");
+            obj.remove("events");
+            let mut expected = whole.clone();
+            expected.as_object_mut().unwrap().remove("events");
+            assert_eq!(rest, expected);
+        }
+        assert_eq!(
+            &Value::from(events),
+            &whole["events"],
+            "every event once, in order"
+        );
+        parsed
+    }
+
+    #[test]
+    fn oversized_records_are_split_into_parts_that_fit() {
+        let topics: Topics = vec![Arc::from("page.viewed"), Arc::from("order.placed")].into();
+        let evs = events(&[100; 50]);
+        let r = record(&evs, &topics);
+        let whole = r.to_json();
+        assert_eq!(r.to_json_parts(whole.len()), vec![whole.clone()]);
+        let parts = check_parts(&r, 1_000);
+        assert!(parts.len() > 5, "{}", parts.len());
+        assert_eq!(
+            parts[0]["counts"],
+            serde_json::json!({"page.viewed": 25, "order.placed": 25})
+        );
+        assert_eq!(parts[0]["dropped_events"], 3);
+        // An event larger than the limit is a part of its own.
+        let evs = events(&[10, 5_000, 10, 10]);
+        let parts = check_parts(&record(&evs, &topics), 1_000);
+        assert_eq!(
+            parts
+                .iter()
+                .map(|p| p["events"].as_array().unwrap().len())
+                .collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parts_hold_every_event_once_and_fit(
+            sizes in proptest::collection::vec(0usize..600, 0..40),
+            limit in 300usize..4_000,
+        ) {
+            let topics: Topics = vec![Arc::from("a"), Arc::from("b")].into();
+            let evs = events(&sizes);
+            check_parts(&record(&evs, &topics), limit);
+        }
+    }
 
     proptest::proptest! {
         #[test]

@@ -86,6 +86,10 @@ pub struct WindowConfig {
     /// Whether records embed each event's payload.
     #[serde(default = "default_true")]
     pub include_payload: bool,
+    /// A window record larger than this is emitted in parts
+    /// ([`crate::engine::WindowedRecord::to_json_parts`]); none: never split.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
 }
 
 /// An invalid window configuration.
@@ -189,6 +193,7 @@ impl WindowConfig {
             grace: self.grace.as_millis() as i64,
             retention: retention.as_millis() as i64,
             include_payload: self.include_payload,
+            max_record_bytes: self.max_record_bytes.unwrap_or(usize::MAX),
             watermark: i64::MIN,
             cache: KeyCache::new(),
             closes: BTreeSet::new(),
@@ -290,6 +295,7 @@ pub struct WindowOperator {
     grace: i64,
     retention: i64,
     include_payload: bool,
+    max_record_bytes: usize,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
     cache: KeyCache<KeyState>,
@@ -377,7 +383,7 @@ impl WindowOperator {
         let from = state.events.partition_point(|e| e.time < start);
         let to = state.events.partition_point(|e| e.time < end);
         let id = JourneyId::new(&self.topology, &key, start);
-        let json = WindowedRecord {
+        let parts = WindowedRecord {
             kind: "window",
             id,
             key: &key,
@@ -389,7 +395,7 @@ impl WindowOperator {
             cut_by_boundary: self.watermark == i64::MAX,
             dropped: 0,
         }
-        .to_json();
+        .to_json_parts(self.max_record_bytes);
         // Windows close in start order, so the events before the next window's start
         // have no open window left: this was their last one.
         let done = state.events.partition_point(|e| e.time < start + hop);
@@ -407,12 +413,14 @@ impl WindowOperator {
             },
         );
         self.expiries.insert((forget_after, key.clone(), start));
-        out.push(Output::Correlation(CorrelationRecord {
-            kind: "window",
-            id,
-            key,
-            json,
-        }));
+        for json in parts {
+            out.push(Output::Correlation(CorrelationRecord {
+                kind: "window",
+                id,
+                key: key.clone(),
+                json,
+            }));
+        }
     }
 
     /// Forgets the emitted window of `key` starting at `start` (its expiry timer has
@@ -643,6 +651,7 @@ mod tests {
             grace: Duration::from_millis(grace_ms),
             retention: None,
             include_payload: true,
+            max_record_bytes: None,
         }
     }
 

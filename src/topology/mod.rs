@@ -228,6 +228,7 @@ journeys = "customer.journey"
             (plan.limits.state_cache, plan.limits.state_write_buffer),
             (64 << 20, 128 << 20)
         );
+        assert_eq!(plan.limits.max_output_record_bytes, 4 << 20);
         assert_eq!(
             plan.checkpoint,
             CheckpointPolicy {
@@ -932,6 +933,24 @@ type = "left"
             ]
         );
         assert_eq!(
+            problems(&format!(
+                "{BASE}[limits]\nmax_record_bytes = \"2MiB\"\nmax_output_record_bytes = \"2MiB\"\n"
+            )),
+            [
+                "t.toml:21:27: limits.max_output_record_bytes: must be at least max_record_bytes + 16KiB (2064KiB), got 2MiB (hint: one input record must fit in an output record)"
+            ]
+        );
+        let plan = parse(
+            &format!("{BASE}[limits]\nmax_record_bytes = \"8MiB\"\n"),
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.limits.max_output_record_bytes,
+            (8 << 20) + (16 << 10),
+            "the default grows with max_record_bytes"
+        );
+        assert_eq!(
             problems(&format!("{BASE}[checkpoint]\nmax_records = 0\n")),
             [
                 "t.toml:20:15: checkpoint.max_records: must be at least 1, got 0 (hint: leave it out to checkpoint on the interval only)"
@@ -1000,6 +1019,7 @@ type = "left"
               dead letters → customer.journey.dlq
               a failing append is retried for 30s
   limits      records up to 1MiB, 100000 events kept per window
+              output records up to 4MiB (longer ones in parts)
               RocksDB cache 64MiB, write buffers 128MiB
   checkpoint  every 1s
 ",

@@ -204,6 +204,9 @@ pub struct Limits {
     pub state_cache: u64,
     /// RocksDB's memtables, all column families together (4 MiB ..= 64 GiB).
     pub state_write_buffer: u64,
+    /// Journeys and windows larger than this are published in parts
+    /// (`max_record_bytes` + 16 KiB ..= 256 MiB).
+    pub max_output_record_bytes: u64,
 }
 
 /// When state, positions and pending output are committed.
@@ -424,6 +427,11 @@ impl Plan {
             "  limits      records up to {}, {} events kept per window",
             Bytes(self.limits.max_record_bytes),
             self.limits.max_events_per_window
+        )?;
+        writeln!(
+            out,
+            "              output records up to {} (longer ones in parts)",
+            Bytes(self.limits.max_output_record_bytes)
         )?;
         writeln!(
             out,

@@ -214,6 +214,7 @@ pub(crate) const LIMITS: &[Field] = &[
     field("max_events_per_window", Integer),
     field("state_cache", Size),
     field("state_write_buffer", Size),
+    field("max_output_record_bytes", Size),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +224,7 @@ pub(crate) struct RawLimits {
     pub(crate) max_events_per_window: Option<Spanned<i64>>,
     pub(crate) state_cache: Option<Spanned<RawSize>>,
     pub(crate) state_write_buffer: Option<Spanned<RawSize>>,
+    pub(crate) max_output_record_bytes: Option<Spanned<RawSize>>,
 }
 
 /// `max_record_bytes = 1048576` or `max_record_bytes = "1MiB"`.

@@ -47,6 +47,11 @@ const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
 const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
 const MAX_MAX_RECORD_BYTES: u64 = 1 << 30;
 const DEFAULT_STATE_CACHE: u64 = 64 << 20;
+const DEFAULT_MAX_OUTPUT_RECORD_BYTES: u64 = 4 << 20;
+/// The embedded log's largest record body.
+const MAX_MAX_OUTPUT_RECORD_BYTES: u64 = 256 << 20;
+/// Room for a record's key, window, counts and one event's id, topic and fields.
+const OUTPUT_RECORD_OVERHEAD: u64 = 16 << 10;
 const DEFAULT_STATE_WRITE_BUFFER: u64 = 128 << 20;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_SHARDS: i64 = 1024;
@@ -1132,8 +1137,37 @@ fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>)
         4 << 20..=64 << 30,
         d,
     );
+    let max_record_bytes = max_record_bytes?;
+    // One event with its payload, key, id and topic must fit in a part.
+    let least = max_record_bytes.saturating_add(OUTPUT_RECORD_OVERHEAD);
+    let output = l.and_then(|l| l.max_output_record_bytes.as_ref());
+    let max_output_record_bytes = validate_size(
+        output,
+        "limits.max_output_record_bytes",
+        DEFAULT_MAX_OUTPUT_RECORD_BYTES.max(least),
+        1..=MAX_MAX_OUTPUT_RECORD_BYTES,
+        d,
+    )
+    .and_then(|n| match output {
+        Some(value) if n < least => {
+            d.report(
+                value.span(),
+                "limits.max_output_record_bytes",
+                format!(
+                    "must be at least max_record_bytes + {} ({}), got {}",
+                    Bytes(OUTPUT_RECORD_OVERHEAD),
+                    Bytes(least),
+                    Bytes(n)
+                ),
+                Some("one input record must fit in an output record".to_owned()),
+            );
+            None
+        }
+        _ => Some(n),
+    });
     Some(Limits {
-        max_record_bytes: max_record_bytes?,
+        max_record_bytes,
+        max_output_record_bytes: max_output_record_bytes?,
         max_events_per_window: max_events?,
         state_cache: state_cache?,
         state_write_buffer: state_write_buffer?,
