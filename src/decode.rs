@@ -367,6 +367,28 @@ impl Decoder {
         }
     }
 
+    /// The dead letter of a record of `len` bytes of which only `prefix` was read (a
+    /// reader does not hold records over the limit in memory): too large.
+    pub fn oversized(&self, partition: u32, offset: u64, prefix: &[u8], len: usize) -> DeadLetter {
+        let mut dead = DeadLetter::new(
+            self,
+            partition,
+            offset,
+            prefix,
+            DeadLetterReason::TooLarge {
+                size: len,
+                limit: self.max_record_bytes,
+            },
+        );
+        dead.raw_len = len;
+        dead
+    }
+
+    /// The record size limit of this decoder.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     /// The source topic this decoder reads.
     pub fn topic(&self) -> &str {
         &self.topic

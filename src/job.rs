@@ -773,7 +773,11 @@ impl SourceStage<'_> {
                         partition: p,
                     },
                     topic: src.topic.clone(),
-                    reader: log.reader(&src.topic, p, start)?,
+                    reader: {
+                        let mut reader = log.reader(&src.topic, p, start)?;
+                        reader.limit_values(decoders[i].max_record_bytes());
+                        reader
+                    },
                     end,
                     done: false,
                     paused: false,
@@ -913,12 +917,20 @@ impl SourceStage<'_> {
                         let read = || {
                             reader.read_before(max, horizon, |view, buf| {
                             n += 1;
-                            bytes += view.value.len() as u64;
-                            match decoder.decode(
-                                id.partition,
-                                view.offset,
-                                &buf[view.value.clone()],
-                            ) {
+                            bytes += view.value_len as u64;
+                            let value = &buf[view.value.clone()];
+                            let decoded = if view.value_len > value.len() {
+                                // Read through, not buffered: only its prefix is here.
+                                Err(decoder.oversized(
+                                    id.partition,
+                                    view.offset,
+                                    value,
+                                    view.value_len,
+                                ))
+                            } else {
+                                decoder.decode(id.partition, view.offset, value)
+                            };
+                            match decoded {
                                 Ok(event) => {
                                     watermarks.observe(id, event.time, now);
                                     let shard =

@@ -47,6 +47,7 @@ fn hostile_records_are_dead_letters_and_the_job_goes_on() {
         r#"{{"customer_id":"c-1","ts":1,"pad":"{}"}}"#,
         "x".repeat(50 << 20)
     );
+    let huge_len = huge.len();
     let long_key = format!(r#"{{"customer_id":"{}","ts":1}}"#, "k".repeat(1_000_000));
     let hostile: Vec<(Vec<u8>, &str)> = vec![
         (b"\xff\xfe{}".to_vec(), "not_utf8"),
@@ -145,6 +146,23 @@ fn hostile_records_are_dead_letters_and_the_job_goes_on() {
     let mut expected: Vec<&str> = hostile.iter().map(|(_, c)| *c).collect();
     expected.sort();
     assert_eq!(codes, expected);
+    // The 50 MB record: read through by the source (never held whole), its size and
+    // prefix in the dead letter.
+    let too_large = dlq
+        .iter()
+        .find(|d| d["reason_code"] == "too_large")
+        .unwrap();
+    assert_eq!(
+        too_large["reason"],
+        format!("record of {huge_len} bytes exceeds the limit of 1048576 bytes")
+    );
+    assert_eq!(too_large["raw_len"], huge_len);
+    assert!(
+        too_large["raw"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"{"customer_id":"c-1","ts":1,"pad":"xxx"#)
+    );
     // The 50 MB record is represented by its prefix, not copied whole.
     let largest = read_topic(&t.log, "out.dlq")
         .into_iter()

@@ -551,6 +551,8 @@ pub struct PartitionReader {
     seg: usize,
     cursor: Option<SegmentCursor>,
     next_offset: u64,
+    /// Values longer than this are read through, not buffered ([`Self::limit_values`]).
+    value_limit: usize,
 }
 
 impl PartitionReader {
@@ -561,9 +563,18 @@ impl PartitionReader {
             seg: 0,
             cursor: None,
             next_offset: offset,
+            value_limit: usize::MAX,
         };
         reader.seek(offset)?;
         Ok(reader)
+    }
+
+    /// From now on a record whose value is longer than `limit` is handed over with only
+    /// a prefix of its value, [`record::FrameView::value_len`] giving its real length, and
+    /// is never held in memory whole (a source with `max_record_bytes` dead-letters such
+    /// records anyway).
+    pub fn limit_values(&mut self, limit: usize) {
+        self.value_limit = limit;
     }
 
     /// Offset of the next record this reader returns.
@@ -644,7 +655,10 @@ impl PartitionReader {
                 break;
             }
             let cursor = self.cursor.as_mut().expect("reopened above");
-            match cursor.peek().map_err(self.part.io(&self.part.dir))? {
+            match cursor
+                .peek_limited(self.value_limit)
+                .map_err(self.part.io(&self.part.dir))?
+            {
                 Next::Frame { view, buf, len, .. } => {
                     if view.offset >= self.next_offset {
                         if view.offset != self.next_offset {
@@ -721,7 +735,10 @@ impl PartitionReader {
             return Ok(false);
         }
         let cursor = self.cursor.as_mut().expect("cursor present");
-        if let Next::Frame { .. } = cursor.peek().map_err(self.part.io(&self.part.dir))? {
+        if let Next::Frame { .. } = cursor
+            .peek_limited(self.value_limit)
+            .map_err(self.part.io(&self.part.dir))?
+        {
             return Ok(true);
         }
         self.seg += 1;

@@ -13,7 +13,7 @@ use std::ops::Range;
 /// Bytes of the frame header (`body_len` + `crc32`).
 pub const FRAME_HEADER: usize = 8;
 /// Bytes of the fixed part of a body (offset, timestamp, key length).
-const BODY_FIXED: usize = 8 + 8 + 4;
+pub const BODY_FIXED: usize = 8 + 8 + 4;
 /// Upper bound of one record's body; anything larger is treated as corruption, so a garbage
 /// length never makes a reader wait for gigabytes that will never come.
 pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -71,6 +71,10 @@ pub struct FrameView {
     pub timestamp_ms: i64,
     pub key: Option<Range<usize>>,
     pub value: Range<usize>,
+    /// The value's length in the log: more than `value.len()` when a reader with a value
+    /// limit kept only a prefix of an oversized record (its CRC still checked over all of
+    /// it).
+    pub value_len: usize,
 }
 
 impl FrameView {
@@ -124,6 +128,7 @@ pub fn decode(buf: &[u8]) -> Decoded {
             timestamp_ms,
             key,
             value: value_start..len,
+            value_len: len - value_start,
         },
     }
 }

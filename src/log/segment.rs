@@ -132,6 +132,16 @@ pub enum Next<'a> {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How much of an oversized record's value a limited read keeps (enough for a dead
+/// letter's prefix).
+pub const STREAMED_VALUE_PREFIX: usize = 4096;
+
+/// What [`SegmentCursor::stream`] found.
+enum Streamed {
+    Frame { view: FrameView, len: usize },
+    End,
+    Corrupt(&'static str),
+}
 
 /// `opts` set not to follow a symbolic link in the last component (`O_NOFOLLOW`): every
 /// file of the log is opened so, so a link planted inside a partition directory cannot
@@ -172,9 +182,36 @@ impl SegmentCursor {
 
     /// Decodes the frame at the current position without consuming it.
     pub fn peek(&mut self) -> std::io::Result<Next<'_>> {
+        self.peek_limited(usize::MAX)
+    }
+
+    /// [`peek`](Self::peek), but a frame whose value is longer than `value_limit` is
+    /// never buffered whole: it is read through in chunks (its CRC checked over all of
+    /// it) and returned with only a prefix of its value ([`FrameView::value_len`] says
+    /// how long it was). Memory stays at the read chunk, whatever the record's size.
+    pub fn peek_limited(&mut self, value_limit: usize) -> std::io::Result<Next<'_>> {
         loop {
             let avail = &self.buf[self.start..];
-            match record::decode(avail) {
+            let decoded = record::decode(avail);
+            if let Decoded::Incomplete { needed } = decoded
+                && needed > (record::FRAME_HEADER + record::BODY_FIXED).saturating_add(value_limit)
+                && let Some(streamed) = self.stream(needed, value_limit)?
+            {
+                return Ok(match streamed {
+                    Streamed::Frame { view, len } => Next::Frame {
+                        view,
+                        buf: &self.buf[self.start..],
+                        position: self.buf_pos,
+                        len,
+                    },
+                    Streamed::End => Next::End,
+                    Streamed::Corrupt(reason) => Next::Corrupt {
+                        position: self.buf_pos,
+                        reason,
+                    },
+                });
+            }
+            match decoded {
                 Decoded::Frame { len, view } => {
                     return Ok(Next::Frame {
                         view,
@@ -202,6 +239,70 @@ impl SegmentCursor {
     pub fn consume(&mut self, len: usize) {
         self.start += len;
         self.buf_pos += len as u64;
+        if self.start >= self.buf.len() {
+            // A streamed frame: only its prefix was buffered.
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads the frame of `len` bytes at the current position in chunks, when its value
+    /// is longer than `value_limit`, keeping its head and the first
+    /// [`STREAMED_VALUE_PREFIX`] bytes of its value as the buffer. `None`: the value
+    /// fits the limit, buffer it as usual.
+    fn stream(&mut self, len: usize, value_limit: usize) -> std::io::Result<Option<Streamed>> {
+        let head = record::FRAME_HEADER + record::BODY_FIXED;
+        if !self.fill(head)? {
+            return Ok(Some(Streamed::End));
+        }
+        let frame = &self.buf[self.start..];
+        let key_len = i32::from_le_bytes(frame[head - 4..head].try_into().expect("4 bytes"));
+        let key_len = usize::try_from(key_len).unwrap_or(0);
+        let Some(value_len) = (len - head).checked_sub(key_len) else {
+            return Ok(Some(Streamed::Corrupt("key length exceeds record")));
+        };
+        if value_len <= value_limit {
+            return Ok(None);
+        }
+        let keep = head + key_len + value_len.min(STREAMED_VALUE_PREFIX);
+        let mut prefix = Vec::with_capacity(keep);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut at = 0usize;
+        while at < len {
+            let want = (len - at).min(READ_CHUNK);
+            let n = self
+                .file
+                .read_at(&mut chunk[..want], self.buf_pos + at as u64)?;
+            if n == 0 {
+                // Not all written yet: a tail still being appended.
+                return Ok(Some(Streamed::End));
+            }
+            let bytes = &chunk[..n];
+            let body_from = record::FRAME_HEADER.saturating_sub(at).min(n);
+            hasher.update(&bytes[body_from..]);
+            if prefix.len() < keep {
+                let take = (keep - prefix.len()).min(n);
+                prefix.extend_from_slice(&bytes[..take]);
+            }
+            at += n;
+        }
+        let crc = u32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes"));
+        if hasher.finalize() != crc {
+            return Ok(Some(Streamed::Corrupt("checksum mismatch")));
+        }
+        let key_start = head;
+        let view = FrameView {
+            offset: u64::from_le_bytes(prefix[8..16].try_into().expect("8 bytes")),
+            timestamp_ms: i64::from_le_bytes(prefix[16..24].try_into().expect("8 bytes")),
+            key: (i32::from_le_bytes(prefix[head - 4..head].try_into().expect("4 bytes")) >= 0)
+                .then_some(key_start..key_start + key_len),
+            value: key_start + key_len..keep,
+            value_len,
+        };
+        self.buf = prefix;
+        self.start = 0;
+        Ok(Some(Streamed::Frame { view, len }))
     }
 
     /// Reads more of the file so that at least `needed` bytes are buffered; false when the
