@@ -180,6 +180,12 @@ pub enum DeadLetterReason {
         "time at {pointer} is out of range: {value} is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"
     )]
     TimeOutOfRange { pointer: Arc<str>, value: Box<str> },
+    /// Given by the runtime, not the decoder: the event was well-formed, but its key
+    /// already holds as many events as a correlation keeps.
+    #[error(
+        "key {key} already holds {held} events of an interval join (limits.max_events_per_window): this event joins nothing"
+    )]
+    OverLimit { key: Box<str>, held: usize },
     /// `member` is quoted, cut at 64 characters.
     #[error("duplicate member {member} on the path of {pointer}: which one counts is ambiguous")]
     DuplicateMember { pointer: Arc<str>, member: Box<str> },
@@ -213,6 +219,7 @@ impl DeadLetterReason {
             DeadLetterReason::UnparsableTime { .. } => "unparsable_time",
             DeadLetterReason::TimeOutOfRange { .. } => "time_out_of_range",
             DeadLetterReason::DuplicateMember { .. } => "duplicate_member",
+            DeadLetterReason::OverLimit { .. } => "over_limit",
             DeadLetterReason::IdWrongType { .. } => "id_wrong_type",
             DeadLetterReason::TooLong { what: "key", .. } => "key_too_long",
             DeadLetterReason::TooLong { .. } => "id_too_long",
@@ -248,6 +255,26 @@ impl fmt::Display for DeadLetter {
 }
 
 impl std::error::Error for DeadLetter {}
+
+impl DeadLetter {
+    /// The dead letter of a decoded `event` of `topic` that a correlation did not keep
+    /// because its key already held `held` events ([`DeadLetterReason::OverLimit`]).
+    pub fn over_limit(topic: Arc<str>, event: &Event, held: usize) -> DeadLetter {
+        let raw = event.payload.as_bytes();
+        DeadLetter {
+            topic,
+            source: event.source,
+            partition: event.partition,
+            offset: event.offset,
+            reason: DeadLetterReason::OverLimit {
+                key: quote(&event.key).into(),
+                held,
+            },
+            raw_prefix: raw[..raw.len().min(RAW_PREFIX_LIMIT)].into(),
+            raw_len: raw.len(),
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct DeadLetterRecord<'a> {

@@ -423,6 +423,7 @@ journeys = "of.out"
             grace: Duration::ZERO,
             retention: None,
             include_payload: true,
+            max_events: None,
         }
         .build()
         .unwrap();

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{DecoderConfig, Event};
+use crate::decode::{DeadLetter, DecoderConfig, Event};
 use crate::engine::{
     Checkpointed, CompleteConfig, CompleteOperator, IntervalConfig, IntervalOperator, KeyLoader,
     LinkConfig, Operator, Output, SessionConfig, SessionOperator, WindowConfig, WindowOperator,
@@ -219,6 +219,8 @@ enum Part {
         writes: KeyWrites,
         duplicates: u64,
         unjoined: u64,
+        /// Events dead-lettered because their key held too many (`Output::OverLimit`).
+        over_limit: u64,
         /// Most windows open at once since the previous barrier.
         open_windows_peak: usize,
         /// Keys with state once this part is committed (= key states stored).
@@ -391,6 +393,11 @@ pub fn run(
             kind: plan.correlation.kind(),
             max_record_bytes: usize::try_from(plan.limits.max_output_record_bytes)
                 .unwrap_or(usize::MAX),
+            topics: plan
+                .sources
+                .iter()
+                .map(|s| Arc::from(s.topic.as_str()))
+                .collect(),
         };
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
@@ -450,7 +457,7 @@ pub fn run(
         late: counts.late,
         duplicates: counts.duplicates,
         unjoined: counts.unjoined,
-        dead_letters: source.dead_letters,
+        dead_letters: source.dead_letters + counts.over_limit,
         shards,
         millis: started.elapsed().as_millis() as u64,
         checkpoints: counts.checkpoints,
@@ -1180,6 +1187,7 @@ impl AnyOperator {
                     retention: None,
                     include_payload: plan.output.include_payload,
                     max_record_bytes: Some(plan.limits.max_output_record_bytes as usize),
+                    max_events: Some(plan.limits.max_events_per_window),
                 }
                 .build()
                 .map(AnyOperator::Window)
@@ -1200,6 +1208,7 @@ impl AnyOperator {
                 grace: plan.time.grace,
                 retention: None,
                 include_payload: plan.output.include_payload,
+                max_events: Some(plan.limits.max_events_per_window),
             }
             .build()
             .map(AnyOperator::Complete)
@@ -1219,6 +1228,7 @@ impl AnyOperator {
                     .collect(),
                 grace: plan.time.grace,
                 include_payload: plan.output.include_payload,
+                max_events: Some(plan.limits.max_events_per_window),
             }
             .build()
             .map(AnyOperator::Interval)
@@ -1277,6 +1287,8 @@ struct Shard {
     kind: &'static str,
     /// Journeys larger than this are published in parts.
     max_record_bytes: usize,
+    /// Source topics by source index (for dead letters made here).
+    topics: Arc<[Arc<str>]>,
 }
 
 impl Shard {
@@ -1307,6 +1319,7 @@ impl Shard {
         let mut records = Vec::new();
         let mut duplicates = 0;
         let mut unjoined = 0;
+        let mut over_limit = 0;
         let mut late_reports = RateLimited::new("late arrivals reported");
         let mut open_windows_peak = 0;
         // When the current slice was read: the birth time of what it completes.
@@ -1329,6 +1342,7 @@ impl Shard {
                             writes: op.drain_writes(epoch, &mut scratch)?,
                             duplicates: std::mem::take(&mut duplicates),
                             unjoined: std::mem::take(&mut unjoined),
+                            over_limit: std::mem::take(&mut over_limit),
                             open_windows_peak: std::mem::take(&mut open_windows_peak),
                             keys: op.keys_with_state(),
                         };
@@ -1411,6 +1425,17 @@ impl Shard {
                         }
                         Output::Duplicate { .. } => duplicates += 1,
                         Output::Unjoined { .. } => unjoined += 1,
+                        Output::OverLimit { event, held } => {
+                            over_limit += 1;
+                            let topic = self.topics[usize::from(event.source)].clone();
+                            let dead = DeadLetter::over_limit(topic, &event, held);
+                            records.push(OutRecord::new(
+                                OutKind::DeadLetter,
+                                Some(event.key.into_bytes()),
+                                dead.to_json(),
+                                slice_at,
+                            ));
+                        }
                         Output::Correlation(c) => records.push(OutRecord::new(
                             OutKind::Record(c.kind),
                             Some(c.key.as_bytes().to_vec()),
@@ -1444,6 +1469,8 @@ struct CommitCounts {
     late: u64,
     duplicates: u64,
     unjoined: u64,
+    /// Dead letters made by the shards (`Output::OverLimit`).
+    over_limit: u64,
     checkpoints: u64,
     state_keys_peak: u64,
     state_bytes_peak: u64,
@@ -1697,6 +1724,7 @@ fn commit_loop(
                         writes,
                         duplicates,
                         unjoined,
+                        over_limit,
                         open_windows_peak,
                         keys,
                     } => {
@@ -1706,6 +1734,7 @@ fn commit_loop(
                         g.duplicates += duplicates;
                         counts.duplicates += duplicates;
                         counts.unjoined += unjoined;
+                        counts.over_limit += over_limit;
                     }
                     Part::Source {
                         positions,

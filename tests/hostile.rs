@@ -275,3 +275,92 @@ fn a_bot_key_gives_one_truncated_journey_published_in_parts_that_fit() {
         "in order, each once"
     );
 }
+
+#[test]
+fn an_interval_join_dead_letters_what_a_bot_key_holds_beyond_the_limit() {
+    let t = TempLog::new();
+    for topic in ["clicks", "carts"] {
+        t.log.create_topic(topic, 1).unwrap();
+    }
+    let record = |i: u64| {
+        format!(
+            r#"{{"customer_id":"bot","ts":{},"event_id":"x{i}"}}"#,
+            1_767_600_000_000u64 + i
+        )
+        .into_bytes()
+    };
+    for (topic, from) in [("clicks", 0u64), ("carts", 100)] {
+        let mut w = t.log.writer(topic, 0, WriterOptions::default()).unwrap();
+        let records: Vec<Vec<u8>> = (from..from + 10).map(record).collect();
+        w.append(records.iter().map(|r| (Some(&b"bot"[..]), r.as_slice())))
+            .unwrap();
+    }
+    let state = t.dir.path().join("state");
+    let topology = t.dir.path().join("join.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            r#"name = "join"
+broker = {{ kind = "embedded", path = "{}" }}
+state = "{}"
+
+[[source]]
+topic = "clicks"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[[source]]
+topic = "carts"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[correlate]
+kind = "interval"
+
+[[correlate.join]]
+left = "clicks"
+right = "carts"
+before = "1m"
+after = "1m"
+
+[output]
+journeys = "out"
+dead_letters = "out.dlq"
+
+[limits]
+max_events_per_window = 12
+"#,
+            t.path().display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let summary_path = t.dir.path().join("summary.json");
+    ok(t.braid()
+        .arg("run")
+        .arg(&topology)
+        .args(["--bounded", "--summary-json"])
+        .arg(&summary_path)
+        .output()
+        .unwrap());
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let dlq: Vec<Value> = read_topic(&t.log, "out.dlq")
+        .into_iter()
+        .map(|(_, r)| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    // 20 events of one key, 12 held: 8 dead letters, each naming the limit.
+    assert_eq!(dlq.len(), 8, "{dlq:?}");
+    assert_eq!(summary["dead_letters"], 8);
+    for d in &dlq {
+        assert_eq!(d["reason_code"], "over_limit");
+        assert_eq!(
+            d["reason"],
+            r#"key "bot" already holds 12 events of an interval join (limits.max_events_per_window): this event joins nothing"#
+        );
+    }
+    // The held ones joined: every row pairs held events only.
+    let rows = read_topic(&t.log, "out");
+    assert!(!rows.is_empty());
+}

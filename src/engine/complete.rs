@@ -74,6 +74,11 @@ pub struct CompleteConfig {
     pub retention: Option<Duration>,
     /// Whether records embed each part's payload.
     pub include_payload: bool,
+    /// Parts an open correlation keeps. Beyond it a repeated part (of a source already
+    /// present) is counted (`dropped_events`), not kept; a source's first part is always
+    /// kept, so the limit never stops a correlation from completing. None: unlimited.
+    #[serde(default)]
+    pub max_events: Option<u64>,
 }
 
 /// An invalid `complete` configuration.
@@ -183,6 +188,9 @@ impl CompleteConfig {
             },
             retention,
             include_payload: self.include_payload,
+            max_events: self
+                .max_events
+                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
             watermark: i64::MIN,
             cache: KeyCache::new(),
             closes: BTreeSet::new(),
@@ -198,6 +206,8 @@ pub struct OpenCorrelation {
     pub first: i64,
     /// Parts in arrival order (sorted when emitted).
     pub events: Vec<RecordEvent>,
+    /// Repeated parts not kept (`max_events`).
+    pub dropped: u64,
 }
 
 /// What is remembered of an emitted correlation, for late parts and duplicates.
@@ -262,6 +272,7 @@ pub struct CompleteOperator {
     rules: Rules,
     retention: i64,
     include_payload: bool,
+    max_events: usize,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
     cache: KeyCache<KeyState>,
@@ -369,6 +380,7 @@ impl CompleteOperator {
         state.open = Some(OpenCorrelation {
             first,
             events: vec![record],
+            dropped: 0,
         });
         self.cache.insert(key.clone(), state);
         self.progress(key, None, out);
@@ -427,7 +439,7 @@ impl CompleteOperator {
             .map(|&r| self.rules.part_deadline(first, r))
             .min()
             .map(|d| d - first);
-        let json = self.render(&key, id, first, &open.events, &missing, waited);
+        let json = self.render(&key, id, first, &open, &missing, waited);
         out.push(Output::Correlation(CorrelationRecord {
             kind: if missing.is_empty() {
                 "complete"
@@ -448,10 +460,11 @@ impl CompleteOperator {
         key: &str,
         id: JourneyId,
         first: i64,
-        events: &[RecordEvent],
+        open: &OpenCorrelation,
         missing: &[u16],
         waited: Option<i64>,
     ) -> Vec<u8> {
+        let events = &open.events[..];
         let mut out = WindowedRecord {
             kind: if missing.is_empty() {
                 "complete"
@@ -466,7 +479,7 @@ impl CompleteOperator {
             topics: &self.topics,
             include_payload: self.include_payload,
             cut_by_boundary: !missing.is_empty() && self.watermark == i64::MAX,
-            dropped: 0,
+            dropped: open.dropped,
         }
         .to_json();
         out.pop(); // the closing brace
@@ -585,12 +598,19 @@ impl Operator for CompleteOperator {
             .rules
             .close_at(first, &self.rules.missing(first, &open.events));
         let key = entry.key().clone();
+        let repeated = open.events.iter().any(|e| e.source == event.source);
+        let keep = open.events.len() < self.max_events || !repeated;
         let (_, record) = RecordEvent::split(event);
         let mut entry = entry;
         let state = entry.state_mut();
-        state.seen.extend(fp);
         if let Some(open) = &mut state.open {
-            open.events.push(record);
+            if keep {
+                state.seen.extend(fp);
+                open.events.push(record);
+            } else {
+                // A bot order id's hundredth payment: counted, not kept.
+                open.dropped += 1;
+            }
         }
         self.progress(key, Some(old_close), out);
     }
@@ -698,6 +718,7 @@ mod tests {
             grace: Duration::from_millis(grace),
             retention: None,
             include_payload: true,
+            max_events: None,
         }
     }
 
@@ -766,7 +787,9 @@ mod tests {
                     key: key.clone(),
                     offset: *offset,
                 },
-                Output::Journey(_) | Output::Unjoined { .. } => panic!("not from complete: {o:?}"),
+                Output::Journey(_) | Output::Unjoined { .. } | Output::OverLimit { .. } => {
+                    panic!("not from complete: {o:?}")
+                }
             })
             .collect()
     }
@@ -871,6 +894,41 @@ mod tests {
         assert_eq!(
             (v["kind"].as_str(), v["cut_by_replay_boundary"].as_bool()),
             (Some("incomplete"), Some(true))
+        );
+    }
+
+    #[test]
+    fn repeated_parts_beyond_the_limit_are_counted_and_the_correlation_still_completes() {
+        let mut c = config(0);
+        c.max_events = Some(2);
+        let mut op = c.build().unwrap();
+        let mut out = Vec::new();
+        for o in 0..4u64 {
+            let id = format!("p{o}");
+            op.on_event(
+                ev(0, o, "bot", 1_000 + o as i64, Some(&id)),
+                i64::MIN,
+                &mut out,
+            );
+        }
+        assert!(out.is_empty(), "{out:?}");
+        // A dropped part was not kept: its re-send is not a duplicate but dropped again.
+        op.on_event(ev(0, 9, "bot", 1_004, Some("p3")), i64::MIN, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // inv is a new source: kept although the limit is reached, and it completes.
+        op.on_event(ev(1, 4, "bot", 1_005, Some("i1")), i64::MIN, &mut out);
+        let v = record(&out);
+        assert_eq!(v["kind"], "complete");
+        let offsets: Vec<u64> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, [0, 1, 4]);
+        assert_eq!(
+            (&v["truncated"], &v["dropped_events"]),
+            (&serde_json::json!(true), &serde_json::json!(3))
         );
     }
 

@@ -78,6 +78,10 @@ pub struct IntervalConfig {
     pub links: Vec<LinkConfig>,
     pub grace: Duration,
     pub include_payload: bool,
+    /// Events held per key; an event beyond it is [`Output::OverLimit`], not held (a
+    /// bot key would otherwise make every arrival join against all of its events).
+    #[serde(default)]
+    pub max_events: Option<u64>,
 }
 
 /// An invalid `interval` configuration.
@@ -206,6 +210,9 @@ impl IntervalConfig {
             grace: self.grace.as_millis() as i64,
             horizon: total.as_millis() as i64,
             include_payload: self.include_payload,
+            max_events: self
+                .max_events
+                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
             watermark: i64::MIN,
             cache: KeyCache::new(),
             timers: BTreeSet::new(),
@@ -303,6 +310,7 @@ pub struct IntervalOperator {
     /// How long an event is kept after its time (module doc: `H`).
     horizon: i64,
     include_payload: bool,
+    max_events: usize,
     watermark: i64,
     cache: KeyCache<KeyState>,
     /// One per key with held events: (when it is next due, key).
@@ -597,6 +605,11 @@ impl Operator for IntervalOperator {
                     out.push(Output::duplicate(event));
                     return;
                 }
+                let held = entry.state().events.len();
+                if held >= self.max_events {
+                    out.push(Output::OverLimit { event, held });
+                    return;
+                }
                 self.cache.remove(&event.key)
             }
             Lookup::Lost => {
@@ -697,6 +710,7 @@ mod tests {
             links,
             grace: Duration::from_millis(grace),
             include_payload: true,
+            max_events: None,
         }
     }
 
@@ -741,6 +755,39 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_key_holds_at_most_max_events_and_the_rest_are_handed_back() {
+        let mut c = config(vec![link("a", "b", 5, 5, JoinType::Inner)], 0);
+        c.sources.pop();
+        c.max_events = Some(3);
+        let mut op = c.build().unwrap();
+        let mut out = Vec::new();
+        for o in 0..6u64 {
+            op.on_event(ev((o % 2) as u16, o, "bot", 100), i64::MIN, &mut out);
+        }
+        op.on_event(ev(1, 6, "other", 100), i64::MIN, &mut out);
+        let over: Vec<(u64, usize)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::OverLimit { event, held } => Some((event.offset, *held)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(over, [(3, 3), (4, 3), (5, 3)]);
+        // Only held events joined: a0 with b1, a2 with b1; the other key is untouched.
+        assert_eq!(
+            rows(&out),
+            vec![
+                ("bot".into(), vec![Some(0), Some(1)]),
+                ("bot".into(), vec![Some(2), Some(1)])
+            ]
+        );
+        // A re-sent held event is still a duplicate, not over the limit.
+        out.clear();
+        op.on_event(ev(0, 0, "bot", 100), i64::MIN, &mut out);
+        assert!(matches!(out[..], [Output::Duplicate { .. }]), "{out:?}");
     }
 
     #[test]

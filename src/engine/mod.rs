@@ -181,6 +181,10 @@ pub enum Output {
     /// A correlation record of another kind (`complete`, `incomplete`, `join`,
     /// `window`), already rendered; it goes to the journeys topic like a journey.
     Correlation(CorrelationRecord),
+    /// An event an `interval` join did not take into state because its key already holds
+    /// `held` events (`limits.max_events_per_window`): it joins nothing, and the runtime
+    /// dead-letters it (`over_limit`) so that it is not lost silently.
+    OverLimit { event: Event, held: usize },
     /// An event that left an `interval` join's state without being in any record (an
     /// inner link found it no partner): counted, never emitted.
     Unjoined {

@@ -1904,7 +1904,9 @@ mod tests {
                 Output::Late(l) => place(l.offset, "late"),
                 Output::Duplicate { offset, .. } => place(*offset, "duplicate"),
                 Output::Correlation(c) => panic!("a session emits journeys, got {}", c.kind),
-                Output::Unjoined { .. } => panic!("a session never reports unjoined events"),
+                Output::Unjoined { .. } | Output::OverLimit { .. } => {
+                    panic!("a session never reports {o:?}")
+                }
             }
         }
         assert_eq!(fate.len(), arrivals.len());

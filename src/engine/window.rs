@@ -90,6 +90,10 @@ pub struct WindowConfig {
     /// ([`crate::engine::WindowedRecord::to_json_parts`]); none: never split.
     #[serde(default)]
     pub max_record_bytes: Option<usize>,
+    /// Events a window keeps; an event that would make one of its open windows hold
+    /// more is counted in them (`dropped_events`), not kept. None: unlimited.
+    #[serde(default)]
+    pub max_events: Option<u64>,
 }
 
 /// An invalid window configuration.
@@ -194,6 +198,9 @@ impl WindowConfig {
             retention: retention.as_millis() as i64,
             include_payload: self.include_payload,
             max_record_bytes: self.max_record_bytes.unwrap_or(usize::MAX),
+            max_events: self
+                .max_events
+                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
             watermark: i64::MIN,
             cache: KeyCache::new(),
             closes: BTreeSet::new(),
@@ -226,6 +233,8 @@ pub struct EmittedWindow {
 pub struct KeyState {
     pub events: Vec<RecordEvent>,
     pub open: Vec<i64>,
+    /// Per open window start (sorted), the events it did not keep: `max_events`.
+    pub dropped: Vec<(i64, u64)>,
     pub emitted: Vec<EmittedWindow>,
     #[serde(skip_serializing)]
     pub seen: FastSet<u128>,
@@ -247,6 +256,7 @@ impl super::Inspect for KeyState {
 struct StoredKeyState {
     events: Vec<RecordEvent>,
     open: Vec<i64>,
+    dropped: Vec<(i64, u64)>,
     emitted: Vec<EmittedWindow>,
 }
 
@@ -255,6 +265,7 @@ impl From<StoredKeyState> for KeyState {
         let StoredKeyState {
             events,
             open,
+            dropped,
             emitted,
         } = stored;
         let kept = events
@@ -265,6 +276,7 @@ impl From<StoredKeyState> for KeyState {
         KeyState {
             events,
             open,
+            dropped,
             emitted,
             seen,
         }
@@ -296,6 +308,7 @@ pub struct WindowOperator {
     retention: i64,
     include_payload: bool,
     max_record_bytes: usize,
+    max_events: usize,
     /// Highest watermark seen; `i64::MIN` before the first.
     watermark: i64,
     cache: KeyCache<KeyState>,
@@ -379,6 +392,10 @@ impl WindowOperator {
         };
         let state = entry.state_mut();
         state.open.remove(i);
+        let dropped = match state.dropped.binary_search_by_key(&start, |d| d.0) {
+            Ok(at) => state.dropped.remove(at).1,
+            Err(_) => 0,
+        };
         let end = start + size;
         let from = state.events.partition_point(|e| e.time < start);
         let to = state.events.partition_point(|e| e.time < end);
@@ -393,7 +410,7 @@ impl WindowOperator {
             topics: &self.topics,
             include_payload: self.include_payload,
             cut_by_boundary: self.watermark == i64::MAX,
-            dropped: 0,
+            dropped,
         }
         .to_json_parts(self.max_record_bytes);
         // Windows close in start order, so the events before the next window's start
@@ -510,16 +527,35 @@ fn accept(
     closes: &mut BTreeSet<Timer>,
     key: Arc<str>,
     w: Windows,
+    max_events: usize,
     fp: Option<u128>,
     event: Event,
 ) {
     let mut s = w.from;
+    let mut full = false;
     while s <= w.last {
         if let Err(at) = state.open.binary_search(&s) {
             state.open.insert(at, s);
             closes.insert((s + w.size + w.grace, key.clone(), s));
         }
+        // Events are sorted by time: the window's are one run of them.
+        let from = state.events.partition_point(|e| e.time < s);
+        let to = state.events.partition_point(|e| e.time < s + w.size);
+        full |= to - from >= max_events;
         s += w.hop;
+    }
+    if full {
+        // A bot key's window keeps counting, not growing; the event is in none of its
+        // windows' events (so every record stays true to `dropped_events`).
+        let mut s = w.from;
+        while s <= w.last {
+            match state.dropped.binary_search_by_key(&s, |d| d.0) {
+                Ok(at) => state.dropped[at].1 += 1,
+                Err(at) => state.dropped.insert(at, (s, 1)),
+            }
+            s += w.hop;
+        }
+        return;
     }
     state.seen.extend(fp);
     let (_, record) = RecordEvent::split(event);
@@ -585,7 +621,16 @@ impl Operator for WindowOperator {
         match entry {
             Some(mut entry) => {
                 let key = entry.key().clone();
-                accept(entry.state_mut(), &mut self.closes, key, windows, fp, event);
+                let max = self.max_events;
+                accept(
+                    entry.state_mut(),
+                    &mut self.closes,
+                    key,
+                    windows,
+                    max,
+                    fp,
+                    event,
+                );
             }
             None => {
                 let key: Arc<str> = Arc::from(event.key.as_str());
@@ -595,6 +640,7 @@ impl Operator for WindowOperator {
                     &mut self.closes,
                     key.clone(),
                     windows,
+                    self.max_events,
                     fp,
                     event,
                 );
@@ -652,6 +698,7 @@ mod tests {
             retention: None,
             include_payload: true,
             max_record_bytes: None,
+            max_events: None,
         }
     }
 
@@ -727,6 +774,114 @@ mod tests {
             .into_iter()
             .map(|r| (r.start, r.end, r.offsets))
             .collect()
+    }
+
+    /// (start, kept offsets, dropped_events) of each window record.
+    fn truncation(out: &[Output]) -> Vec<(i64, Vec<u64>, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Correlation(c) => {
+                    let v: serde_json::Value = serde_json::from_slice(&c.json).unwrap();
+                    let dropped = v["dropped_events"].as_u64().unwrap_or(0);
+                    assert_eq!(v.get("truncated").is_some(), dropped > 0);
+                    Some((
+                        ms(&v["window"]["start"]),
+                        v["events"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| e["offset"].as_u64().unwrap())
+                            .collect(),
+                        dropped,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_keeps_at_most_max_events_and_counts_the_rest() {
+        let mut c = config(1_000, None, 0);
+        c.max_events = Some(3);
+        let mut op = c.build().unwrap();
+        let mut out = Vec::new();
+        for o in 0..10u64 {
+            op.on_event(
+                ev(0, o, "bot", 900 - o as i64 * 10, Some(&format!("e{o}"))),
+                0,
+                &mut out,
+            );
+            assert!(op.key_state("bot").unwrap().events.len() <= 3);
+        }
+        op.on_event(ev(0, 10, "bot", 1_500, None), 0, &mut out);
+        op.on_watermark(i64::MAX, &mut out);
+        // The first three arrivals are kept (in time order), seven are counted.
+        assert_eq!(
+            truncation(&out),
+            [(0, vec![2, 1, 0], 7), (1_000, vec![10], 0)]
+        );
+        // Hopping: an event is dropped when one of its open windows is full, and
+        // counted in each of them.
+        let mut c = config(2_000, Some(1_000), 0);
+        c.max_events = Some(2);
+        let mut op = c.build().unwrap();
+        let mut out = Vec::new();
+        for (o, t) in [(0u64, 1_100i64), (1, 1_200), (2, 1_300), (3, 500)] {
+            op.on_event(ev(0, o, "k", t, None), 0, &mut out);
+        }
+        op.on_watermark(i64::MAX, &mut out);
+        // (The event at 500 finds [0, 2000) full: it is kept by neither of its windows,
+        // and [-1000, 1000), opened by it alone, says so.)
+        assert_eq!(
+            truncation(&out),
+            [
+                (-1_000, vec![], 1),
+                (0, vec![0, 1], 2),
+                (1_000, vec![0, 1], 1)
+            ]
+        );
+    }
+
+    proptest! {
+        /// Tumbling windows with a limit against a model: each window keeps the first
+        /// `max` events that arrive for it and counts the others.
+        #[test]
+        fn the_limit_keeps_the_first_arrivals_of_each_window(
+            times in proptest::collection::vec((0u8..3, 0i64..5_000), 0..60),
+            max in 1u64..5,
+        ) {
+            let mut c = config(1_000, None, 0);
+            c.max_events = Some(max);
+            let mut op = c.build().unwrap();
+            let mut out = Vec::new();
+            // (key, window start) → (kept (time, offset), dropped)
+            type Kept = (Vec<(i64, u64)>, u64);
+            let mut model: BTreeMap<(String, i64), Kept> = BTreeMap::new();
+            for (o, &(k, t)) in times.iter().enumerate() {
+                let key = format!("k{k}");
+                op.on_event(ev(0, o as u64, &key, t, None), i64::MIN, &mut out);
+                let w = model.entry((key, t.div_euclid(1_000) * 1_000)).or_default();
+                if (w.0.len() as u64) < max {
+                    w.0.push((t, o as u64));
+                } else {
+                    w.1 += 1;
+                }
+            }
+            op.on_watermark(i64::MAX, &mut out);
+            let mut got: Vec<(i64, Vec<u64>, u64)> = truncation(&out);
+            got.sort();
+            let mut expected: Vec<(i64, Vec<u64>, u64)> = model
+                .into_values()
+                .map(|(mut kept, dropped)| {
+                    kept.sort();
+                    let start = kept[0].0.div_euclid(1_000) * 1_000;
+                    (start, kept.into_iter().map(|(_, o)| o).collect(), dropped)
+                })
+                .collect();
+            expected.sort();
+            prop_assert_eq!(got, expected);
+        }
     }
 
     fn lates(out: &[Output]) -> Vec<&LateArrival> {

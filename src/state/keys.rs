@@ -27,7 +27,7 @@
 //! one key's chunks are exactly the keys with prefix `str(key)`, in id order.
 
 /// Version of this layout; stored in `meta` on creation and checked on open.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Column family names.
 pub const CF_META: &str = "meta";
