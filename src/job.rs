@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -380,6 +380,7 @@ pub fn run(
     };
     let mut shard_txs = Vec::with_capacity(shards);
     let mut shard_handles = Vec::with_capacity(shards);
+    let open_windows: Vec<Arc<AtomicUsize>> = (0..shards).map(|_| Arc::default()).collect();
     for i in 0..shards {
         let (tx, rx) = sync_channel::<Vec<ShardMsg>>(CHANNEL_BATCHES);
         let op = AnyOperator::build(plan)?;
@@ -398,6 +399,7 @@ pub fn run(
                 .iter()
                 .map(|s| Arc::from(s.topic.as_str()))
                 .collect(),
+            open: open_windows[i].clone(),
         };
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
@@ -412,6 +414,7 @@ pub fn run(
         align: opts
             .align
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+        open_windows: &open_windows,
         stop,
         shards: &shard_txs,
         committer: &commit_tx,
@@ -675,6 +678,9 @@ struct SourceStage<'a> {
     progress: Option<&'a AtomicU64>,
     /// Watermark alignment: pause partitions whose watermark is more than this ahead.
     align: Option<i64>,
+    /// Each shard's open windows; past `limits.max_open_windows_per_shard`, partitions
+    /// ahead of the job watermark wait.
+    open_windows: &'a [Arc<AtomicUsize>],
     stop: &'a AtomicBool,
     shards: &'a [SyncSender<Vec<ShardMsg>>],
     committer: &'a SyncSender<ToCommitter>,
@@ -690,6 +696,13 @@ struct Outgoing {
 }
 
 impl SourceStage<'_> {
+    /// Whether a shard holds more open windows than `limit`.
+    fn crowded(&self, limit: usize) -> bool {
+        self.open_windows
+            .iter()
+            .any(|o| o.load(Ordering::Relaxed) > limit)
+    }
+
     /// Sends the batches holding at least `min` messages (all non-empty ones for 0).
     /// False when a receiving stage is gone (joining it reports why).
     fn send(&self, out: &mut Outgoing, min: usize) -> bool {
@@ -850,9 +863,27 @@ impl SourceStage<'_> {
             .as_millis() as i64;
         // The horizon of a bounded run's slice that a read failure interrupted.
         let mut interrupted: Option<i64> = None;
+        let max_open_windows =
+            usize::try_from(plan.limits.max_open_windows_per_shard).unwrap_or(usize::MAX);
+        let mut was_crowded = false;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
-            if let Some(align) = self.align {
+            // Back-pressure on open windows: while a shard holds more than the limit,
+            // only partitions at the job watermark (the slowest, which hold the windows
+            // open) are read, so windows close instead of piling up.
+            let crowded = self.crowded(max_open_windows);
+            if crowded != was_crowded {
+                tracing::info!(
+                    crowded,
+                    limit = max_open_windows,
+                    "open windows {} the limit per shard: partitions ahead of the job watermark {}",
+                    if crowded { "exceed" } else { "are back under" },
+                    if crowded { "wait" } else { "read again" }
+                );
+                was_crowded = crowded;
+            }
+            let align = if crowded { Some(0) } else { self.align };
+            if let Some(align) = align {
                 // Watermark alignment: a partition far ahead of the job watermark waits.
                 // The partition that defines the job watermark is never paused, so
                 // reading always goes on.
@@ -861,6 +892,10 @@ impl SourceStage<'_> {
                     input.paused = watermarks
                         .partition(input.id)
                         .is_some_and(|p| p.watermark > limit);
+                }
+            } else {
+                for input in inputs.iter_mut() {
+                    input.paused = false;
                 }
             }
             // Some partition failed a read and is not due for another attempt.
@@ -908,6 +943,16 @@ impl SourceStage<'_> {
                 loop {
                     let mut progressed = false;
                     let at = Instant::now();
+                    if self.crowded(max_open_windows) {
+                        // Crowded in mid-slice: the partitions ahead stop here (the
+                        // watermark only moves between slices, so windows close then).
+                        let job = watermarks.current();
+                        for input in inputs.iter_mut() {
+                            input.paused |= watermarks
+                                .partition(input.id)
+                                .is_some_and(|p| p.watermark > job);
+                        }
+                    }
                     for input in inputs.iter_mut().filter(|i| i.readable(at)) {
                         let max = if bounded {
                             (input.end.saturating_sub(input.reader.position()) as usize).min(BATCH)
@@ -1289,6 +1334,8 @@ struct Shard {
     max_record_bytes: usize,
     /// Source topics by source index (for dead letters made here).
     topics: Arc<[Arc<str>]>,
+    /// Its open windows after the last batch, read by the source for back-pressure.
+    open: Arc<AtomicUsize>,
 }
 
 impl Shard {
@@ -1445,7 +1492,9 @@ impl Shard {
                     }
                 }
             }
-            open_windows_peak = open_windows_peak.max(op.open_windows());
+            let open = op.open_windows();
+            open_windows_peak = open_windows_peak.max(open);
+            self.open.store(open, Ordering::Relaxed);
             if let Some(e) = failed.lock().ok().and_then(|mut slot| slot.take()) {
                 return Err(e);
             }

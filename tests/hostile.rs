@@ -364,3 +364,115 @@ max_events_per_window = 12
     let rows = read_topic(&t.log, "out");
     assert!(!rows.is_empty());
 }
+
+#[test]
+fn too_many_open_windows_make_the_sources_ahead_wait_for_the_slowest() {
+    // "fast" brings 40,000 customers' sessions an hour ahead of "slow", whose watermark
+    // holds the job's back: their sessions cannot close until "slow" catches up.
+    let run = |limit: Option<u64>| {
+        let t = TempLog::new();
+        for topic in ["fast", "slow"] {
+            t.log.create_topic(topic, 1).unwrap();
+        }
+        let base = 1_767_600_000_000i64;
+        for (topic, offset_ms, key) in [("fast", 0i64, "c"), ("slow", -3_600_000, "s")] {
+            let mut w = t.log.writer(topic, 0, WriterOptions::default()).unwrap();
+            let mut batch = Vec::new();
+            for i in 0..40_000i64 {
+                let key = if key == "c" {
+                    format!("c{i}")
+                } else {
+                    "s".to_owned()
+                };
+                let r = format!(
+                    r#"{{"customer_id":"{key}","ts":{},"event_id":"{topic}{i}"}}"#,
+                    base + offset_ms + i * 100
+                );
+                batch.push((key, r));
+            }
+            // Appended in step: a thousand records of both topics per second of append
+            // time.
+            for (n, chunk) in batch.chunks(1_000).enumerate() {
+                w.append_at(
+                    chunk
+                        .iter()
+                        .map(|(k, r)| (Some(k.as_bytes()), r.as_bytes())),
+                    1_000 * (n as i64 + 1),
+                )
+                .unwrap();
+            }
+        }
+        let state = t.dir.path().join("state");
+        let topology = t.dir.path().join("ahead.toml");
+        let limits = limit.map_or(String::new(), |n| {
+            format!("\n[limits]\nmax_open_windows_per_shard = {n}\n")
+        });
+        std::fs::write(
+            &topology,
+            format!(
+                r#"name = "ahead"
+broker = {{ kind = "embedded", path = "{}" }}
+state = "{}"
+shards = 1
+
+[[source]]
+topic = "fast"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[[source]]
+topic = "slow"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[correlate]
+kind = "session"
+gap = "10m"
+
+[output]
+journeys = "out"
+{limits}"#,
+                t.path().display(),
+                state.display()
+            ),
+        )
+        .unwrap();
+        let summary_path = t.dir.path().join("summary.json");
+        let out = t
+            .braid()
+            .env("BRAID_LOG", "info")
+            .arg("run")
+            .arg(&topology)
+            .args(["--bounded", "--summary-json"])
+            .arg(&summary_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ok(out);
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+        let journeys = read_topic(&t.log, "out").len();
+        (summary, journeys, stderr)
+    };
+    let (free, free_journeys, _) = run(None);
+    let (held, held_journeys, stderr) = run(Some(5_000));
+    let peak = |s: &Value| s["open_windows_peak"].as_u64().unwrap();
+    assert!(peak(&free) > 35_000, "{free}");
+    // The events in the shard's channel when it crosses the limit (at most 8 batches
+    // of 1,024) overshoot it; the rest waits.
+    assert!(peak(&held) < 5_000 + 10 * 1_024, "{held}");
+    assert!(
+        stderr.contains(
+            "open windows exceed the limit per shard: partitions ahead of the job watermark wait"
+        ),
+        "{stderr}"
+    );
+    // Nothing is lost: the same journeys, every record accounted for.
+    assert_eq!(held["records_in"], 80_000);
+    assert_eq!(
+        (held_journeys, held["late"].as_u64()),
+        (free_journeys, free["late"].as_u64())
+    );
+}

@@ -229,6 +229,7 @@ journeys = "customer.journey"
             (64 << 20, 128 << 20)
         );
         assert_eq!(plan.limits.max_output_record_bytes, 4 << 20);
+        assert_eq!(plan.limits.max_open_windows_per_shard, 1_000_000);
         assert_eq!(
             plan.checkpoint,
             CheckpointPolicy {
@@ -1018,7 +1019,7 @@ type = "left"
               late         → customer.journey.late
               dead letters → customer.journey.dlq
               a failing append is retried for 30s
-  limits      records up to 1MiB, 100000 events kept per window
+  limits      records up to 1MiB, 100000 events kept per window, 1000000 open windows per shard
               output records up to 4MiB (longer ones in parts)
               RocksDB cache 64MiB, write buffers 128MiB
   checkpoint  every 1s

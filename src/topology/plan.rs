@@ -200,6 +200,9 @@ pub struct Limits {
     /// Events kept per open session; later ones are counted in the journey, not kept
     /// (1 ..= 100,000,000).
     pub max_events_per_window: u64,
+    /// Past this many open windows in a shard, only the partitions at the job
+    /// watermark are read (1 ..= 1,000,000,000).
+    pub max_open_windows_per_shard: u64,
     /// RocksDB's block cache, shared by all column families (1 MiB ..= 64 GiB).
     pub state_cache: u64,
     /// RocksDB's memtables, all column families together (4 MiB ..= 64 GiB).
@@ -424,9 +427,10 @@ impl Plan {
         )?;
         writeln!(
             out,
-            "  limits      records up to {}, {} events kept per window",
+            "  limits      records up to {}, {} events kept per window, {} open windows per shard",
             Bytes(self.limits.max_record_bytes),
-            self.limits.max_events_per_window
+            self.limits.max_events_per_window,
+            self.limits.max_open_windows_per_shard
         )?;
         writeln!(
             out,

@@ -212,6 +212,7 @@ pub(crate) struct RawOutput {
 pub(crate) const LIMITS: &[Field] = &[
     field("max_record_bytes", Size),
     field("max_events_per_window", Integer),
+    field("max_open_windows_per_shard", Integer),
     field("state_cache", Size),
     field("state_write_buffer", Size),
     field("max_output_record_bytes", Size),
@@ -222,6 +223,7 @@ pub(crate) const LIMITS: &[Field] = &[
 pub(crate) struct RawLimits {
     pub(crate) max_record_bytes: Option<Spanned<RawSize>>,
     pub(crate) max_events_per_window: Option<Spanned<i64>>,
+    pub(crate) max_open_windows_per_shard: Option<Spanned<i64>>,
     pub(crate) state_cache: Option<Spanned<RawSize>>,
     pub(crate) state_write_buffer: Option<Spanned<RawSize>>,
     pub(crate) max_output_record_bytes: Option<Spanned<RawSize>>,

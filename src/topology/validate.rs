@@ -47,6 +47,7 @@ const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
 const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
 const MAX_MAX_RECORD_BYTES: u64 = 1 << 30;
 const DEFAULT_STATE_CACHE: u64 = 64 << 20;
+const DEFAULT_MAX_OPEN_WINDOWS_PER_SHARD: u64 = 1_000_000;
 const DEFAULT_MAX_OUTPUT_RECORD_BYTES: u64 = 4 << 20;
 /// The embedded log's largest record body.
 const MAX_MAX_OUTPUT_RECORD_BYTES: u64 = 256 << 20;
@@ -1096,26 +1097,47 @@ fn validate_output(
     })
 }
 
-fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>) -> Option<Limits> {
-    let max_events = match limits.and_then(|l| l.get_ref().max_events_per_window.as_ref()) {
-        None => Some(DEFAULT_MAX_EVENTS_PER_WINDOW),
-        Some(m) => match u64::try_from(*m.get_ref()) {
-            Ok(n) if (1..=MAX_MAX_EVENTS_PER_WINDOW).contains(&n) => Some(n),
-            _ => {
-                d.report(
-                    m.span(),
-                    "limits.max_events_per_window",
-                    format!(
-                        "must be between 1 and {MAX_MAX_EVENTS_PER_WINDOW}, got {}",
-                        m.get_ref()
-                    ),
-                    None,
-                );
-                None
-            }
-        },
+/// A count field of `[limits]`: a default when absent, else within `1..=max`.
+fn validate_count(
+    value: Option<&Spanned<i64>>,
+    field: &str,
+    default: u64,
+    max: u64,
+    d: &mut Diagnostics<'_>,
+) -> Option<u64> {
+    let Some(value) = value else {
+        return Some(default);
     };
+    match u64::try_from(*value.get_ref()) {
+        Ok(n) if (1..=max).contains(&n) => Some(n),
+        _ => {
+            d.report(
+                value.span(),
+                field,
+                format!("must be between 1 and {max}, got {}", value.get_ref()),
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>) -> Option<Limits> {
     let l = limits.map(Spanned::get_ref);
+    let max_events = validate_count(
+        l.and_then(|l| l.max_events_per_window.as_ref()),
+        "limits.max_events_per_window",
+        DEFAULT_MAX_EVENTS_PER_WINDOW,
+        MAX_MAX_EVENTS_PER_WINDOW,
+        d,
+    );
+    let max_open_windows = validate_count(
+        l.and_then(|l| l.max_open_windows_per_shard.as_ref()),
+        "limits.max_open_windows_per_shard",
+        DEFAULT_MAX_OPEN_WINDOWS_PER_SHARD,
+        1_000_000_000,
+        d,
+    );
     let max_record_bytes = validate_size(
         l.and_then(|l| l.max_record_bytes.as_ref()),
         "limits.max_record_bytes",
@@ -1166,6 +1188,7 @@ fn validate_limits(limits: Option<&Spanned<RawLimits>>, d: &mut Diagnostics<'_>)
         _ => Some(n),
     });
     Some(Limits {
+        max_open_windows_per_shard: max_open_windows?,
         max_record_bytes,
         max_output_record_bytes: max_output_record_bytes?,
         max_events_per_window: max_events?,
