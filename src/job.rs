@@ -381,7 +381,7 @@ pub fn run(
     let mut shard_txs = Vec::with_capacity(shards);
     let mut shard_handles = Vec::with_capacity(shards);
     let open_windows: Vec<Arc<AtomicUsize>> = (0..shards).map(|_| Arc::default()).collect();
-    for i in 0..shards {
+    for (i, open) in open_windows.iter().enumerate() {
         let (tx, rx) = sync_channel::<Vec<ShardMsg>>(CHANNEL_BATCHES);
         let op = AnyOperator::build(plan)?;
         let shard = Shard {
@@ -399,7 +399,7 @@ pub fn run(
                 .iter()
                 .map(|s| Arc::from(s.topic.as_str()))
                 .collect(),
-            open: open_windows[i].clone(),
+            open: open.clone(),
         };
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
