@@ -951,7 +951,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
         self.captures
             .set(node.targets, || Captured::Other(JsonType::Object));
         if node.children.is_empty() {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<IgnoredAny, Skip>()?.is_some() {}
             return Ok(JsonType::Object);
         }
         // Which of the node's children (at most three: one per pointer) were met.
@@ -976,7 +976,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
                     })?;
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -1002,13 +1002,70 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
                         captures: &mut *self.captures,
                     })?
                     .is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
+                None => seq.next_element::<Skip>()?.is_some(),
             };
             if !more {
                 return Ok(JsonType::Array);
             }
             at += 1;
         }
+    }
+}
+
+/// Skips a value like serde's `IgnoredAny`, but through `deserialize_any`, so that its
+/// numbers are parsed: serde_json's ignoring path only checks their syntax, and would
+/// let through `1e999`, which `serde_json::Value` (and most readers) refuse as out of
+/// range. A payload braid accepts is thus one any consumer of its output can read. (Found
+/// by the `decode` fuzz target.)
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Skip, D::Error> {
+        deserializer.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<IgnoredAny, Skip>()?.is_some() {}
+        Ok(Skip)
     }
 }
 
@@ -1167,6 +1224,33 @@ mod tests {
         assert_eq!(
             (event.key.as_str(), event.time, event.id.as_deref()),
             ("12", 12, Some("12"))
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_anywhere_are_not_json() {
+        // Found by the decode fuzz target: serde_json's skipping path checked only the
+        // syntax of numbers, so this record became an event whose payload no
+        // `serde_json::Value` reader (nor braid's own output reader) could parse.
+        let d = standard();
+        let crash = br#"{"customer_id":42,"ts":17670        ,"d":856785e3643,"eenvt_id":17}"#;
+        assert_eq!(
+            reason(&d, crash),
+            "not JSON: number out of range at line 1 column 52"
+        );
+        assert!(serde_json::from_slice::<Value>(crash).is_err());
+        for record in [
+            &br#"{"customer_id":"c","ts":1,"x":[1,-1e400]}"#[..],
+            br#"{"customer_id":"c","ts":1,"x":{"y":1e309}}"#,
+        ] {
+            let expected = serde_json::from_slice::<Value>(record).unwrap_err();
+            assert_eq!(reason(&d, record), format!("not JSON: {expected}"));
+            assert!(expected.to_string().starts_with("number out of range"));
+        }
+        // Large but finite numbers, and long integers (read as floats), are fine.
+        ok(
+            &d,
+            br#"{"customer_id":"c","ts":1,"x":1.7e308,"y":123456789012345678901234567890}"#,
         );
     }
 
