@@ -31,6 +31,30 @@ late = "out.late"
 dead_letters = "out.dlq"
 "#;
 
+/// Writes `topology` (`@LOG@` and `@STATE@` filled in) and runs it `--bounded` to its end
+/// with info logs: (the run summary, its stderr).
+fn run_bounded(t: &TempLog, topology: &str) -> (Value, String) {
+    let path = t.dir.path().join("topology.toml");
+    let text = topology
+        .replace("@LOG@", &t.path().display().to_string())
+        .replace("@STATE@", &t.dir.path().join("state").display().to_string());
+    std::fs::write(&path, text).unwrap();
+    let summary = t.dir.path().join("summary.json");
+    let out = t
+        .braid()
+        .env("BRAID_LOG", "info")
+        .arg("run")
+        .arg(&path)
+        .args(["--bounded", "--summary-json"])
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    let summary = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    (summary, stderr)
+}
+
 #[test]
 fn hostile_records_are_dead_letters_and_the_job_goes_on() {
     let t = TempLog::new();
@@ -108,24 +132,7 @@ fn hostile_records_are_dead_letters_and_the_job_goes_on() {
         .unwrap();
     drop(w);
 
-    let state = t.dir.path().join("state");
-    let topology = t.dir.path().join("hostile.toml");
-    std::fs::write(
-        &topology,
-        TOPOLOGY
-            .replace("@LOG@", &t.path().display().to_string())
-            .replace("@STATE@", &state.display().to_string()),
-    )
-    .unwrap();
-    let summary_path = t.dir.path().join("summary.json");
-    ok(t.braid()
-        .arg("run")
-        .arg(&topology)
-        .args(["--bounded", "--summary-json"])
-        .arg(&summary_path)
-        .output()
-        .unwrap());
-    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let (summary, _) = run_bounded(&t, TOPOLOGY);
     let n = |v: &Value| v.as_u64().unwrap();
     assert_eq!(n(&summary["records_in"]), records.len() as u64);
 
@@ -220,26 +227,8 @@ fn a_bot_key_gives_one_truncated_journey_published_in_parts_that_fit() {
         )
         .unwrap();
     }
-    let state = t.dir.path().join("state");
-    let topology = t.dir.path().join("bot.toml");
     let limits = "\n[limits]\nmax_record_bytes = \"1KiB\"\nmax_output_record_bytes = \"64KiB\"\nmax_events_per_window = 5000\n";
-    std::fs::write(
-        &topology,
-        TOPOLOGY
-            .replace("@LOG@", &t.path().display().to_string())
-            .replace("@STATE@", &state.display().to_string())
-            + limits,
-    )
-    .unwrap();
-    let summary_path = t.dir.path().join("summary.json");
-    ok(t.braid()
-        .arg("run")
-        .arg(&topology)
-        .args(["--bounded", "--summary-json"])
-        .arg(&summary_path)
-        .output()
-        .unwrap());
-    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let (summary, _) = run_bounded(&t, &(TOPOLOGY.to_owned() + limits));
     assert_eq!(summary["records_in"], 30_000);
 
     let published = read_topic(&t.log, "out");
@@ -295,14 +284,11 @@ fn an_interval_join_dead_letters_what_a_bot_key_holds_beyond_the_limit() {
         w.append(records.iter().map(|r| (Some(&b"bot"[..]), r.as_slice())))
             .unwrap();
     }
-    let state = t.dir.path().join("state");
-    let topology = t.dir.path().join("join.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"name = "join"
-broker = {{ kind = "embedded", path = "{}" }}
-state = "{}"
+    let (summary, _) = run_bounded(
+        &t,
+        r#"name = "join"
+broker = { kind = "embedded", path = "@LOG@" }
+state = "@STATE@"
 
 [[source]]
 topic = "clicks"
@@ -332,20 +318,7 @@ dead_letters = "out.dlq"
 [limits]
 max_events_per_window = 12
 "#,
-            t.path().display(),
-            state.display()
-        ),
-    )
-    .unwrap();
-    let summary_path = t.dir.path().join("summary.json");
-    ok(t.braid()
-        .arg("run")
-        .arg(&topology)
-        .args(["--bounded", "--summary-json"])
-        .arg(&summary_path)
-        .output()
-        .unwrap());
-    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    );
     let dlq: Vec<Value> = read_topic(&t.log, "out.dlq")
         .into_iter()
         .map(|(_, r)| serde_json::from_slice(&r.value).unwrap())
@@ -364,6 +337,31 @@ max_events_per_window = 12
     let rows = read_topic(&t.log, "out");
     assert!(!rows.is_empty());
 }
+
+const AHEAD: &str = r#"name = "ahead"
+broker = { kind = "embedded", path = "@LOG@" }
+state = "@STATE@"
+shards = 1
+
+[[source]]
+topic = "fast"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[[source]]
+topic = "slow"
+key = "/customer_id"
+time = "/ts"
+id = "/event_id"
+
+[correlate]
+kind = "session"
+gap = "10m"
+
+[output]
+journeys = "out"
+"#;
 
 #[test]
 fn too_many_open_windows_make_the_sources_ahead_wait_for_the_slowest() {
@@ -402,57 +400,10 @@ fn too_many_open_windows_make_the_sources_ahead_wait_for_the_slowest() {
                 .unwrap();
             }
         }
-        let state = t.dir.path().join("state");
-        let topology = t.dir.path().join("ahead.toml");
         let limits = limit.map_or(String::new(), |n| {
             format!("\n[limits]\nmax_open_windows_per_shard = {n}\n")
         });
-        std::fs::write(
-            &topology,
-            format!(
-                r#"name = "ahead"
-broker = {{ kind = "embedded", path = "{}" }}
-state = "{}"
-shards = 1
-
-[[source]]
-topic = "fast"
-key = "/customer_id"
-time = "/ts"
-id = "/event_id"
-
-[[source]]
-topic = "slow"
-key = "/customer_id"
-time = "/ts"
-id = "/event_id"
-
-[correlate]
-kind = "session"
-gap = "10m"
-
-[output]
-journeys = "out"
-{limits}"#,
-                t.path().display(),
-                state.display()
-            ),
-        )
-        .unwrap();
-        let summary_path = t.dir.path().join("summary.json");
-        let out = t
-            .braid()
-            .env("BRAID_LOG", "info")
-            .arg("run")
-            .arg(&topology)
-            .args(["--bounded", "--summary-json"])
-            .arg(&summary_path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        ok(out);
-        let summary: Value =
-            serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+        let (summary, stderr) = run_bounded(&t, &(AHEAD.to_owned() + &limits));
         let journeys = read_topic(&t.log, "out").len();
         (summary, journeys, stderr)
     };

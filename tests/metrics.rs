@@ -80,57 +80,25 @@ fn free_port() -> SocketAddr {
 
 #[test]
 fn scraped_figures_match_the_input_and_the_output_topics() {
-    let t = TempLog::new();
-    let generated = ok(t
-        .braid()
-        .args([
-            "gen",
-            "--events",
-            "20000",
-            "--customers",
-            "2000",
-            "--seed",
-            "11",
-            "--no-fulfilment",
-        ])
-        .output()
-        .unwrap());
-    let generated: Value = serde_json::from_str(&generated).unwrap();
-    let input = generated["records"].as_f64().unwrap();
-    let topo = topology(&t);
-    // Created up front (as the job would, with the first source's 4 partitions) so that
-    // their directories can be watched from the start.
-    for topic in OUTPUTS {
-        t.log.create_topic(topic, 4).unwrap();
-    }
-    let addr = free_port();
-    let mut child = t
-        .braid()
-        .env("BRAID_LOG", "info")
-        .args(["run"])
-        .arg(&topo)
-        .args(["--metrics-addr", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Await the endpoint: the job logs it once it is listening.
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    // Output topics created up front (as the job would, with the first source's 4
+    // partitions) so that their directories can be watched from the start.
+    let job = LiveJob::start(
+        (20_000, 2_000, 11),
+        &[],
+        |text| text,
+        |t| {
+            for topic in OUTPUTS {
+                t.log.create_topic(topic, 4).unwrap();
+            }
+        },
+    );
+    let (t, addr, input, deadline) = (&job.t, job.addr, job.input, job.deadline);
+    // The endpoint: the job logs it once it is listening.
+    job.await_line("the metrics endpoint", &|f: &Value| {
+        f["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("serving /metrics"))
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the job announces its metrics endpoint");
-        if line.contains("serving /metrics") {
-            break;
-        }
-    }
     assert_eq!(get(addr, "/healthz"), (200, "ok\n".into()));
 
     // Await the output: after each publication, scrape until every input record is read
@@ -213,28 +181,7 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
     assert_eq!(result("read_back"), 0.0, "{lookups:?}");
 
     // SIGTERM: a clean stop.
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    // Its stderr closes when it exits.
-    let stop_deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rx.recv_timeout(stop_deadline.saturating_duration_since(Instant::now())) {
-            Ok(_) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("no exit within 30 s of SIGTERM");
-            }
-        }
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(job.stop().success());
 }
 
 #[test]
@@ -322,24 +269,24 @@ struct LiveJob {
 }
 
 impl LiveJob {
-    /// Generates 3,000 events and starts the job with `env` set; `edit` changes the
-    /// topology text.
-    fn start(env: &[(&str, &str)], edit: impl Fn(String) -> String) -> LiveJob {
+    /// Generates (events, customers, seed) and starts the job with `env` set; `edit`
+    /// changes the topology text, `prepare` the log before the job starts.
+    fn start(
+        (events, customers, seed): (u32, u32, u32),
+        env: &[(&str, &str)],
+        edit: impl Fn(String) -> String,
+        prepare: impl FnOnce(&TempLog),
+    ) -> LiveJob {
         let t = TempLog::new();
         let generated = ok(t
             .braid()
-            .args([
-                "gen",
-                "--events",
-                "3000",
-                "--customers",
-                "300",
-                "--seed",
-                "4",
-            ])
-            .arg("--no-fulfilment")
+            .arg("gen")
+            .args(["--events", &events.to_string()])
+            .args(["--customers", &customers.to_string()])
+            .args(["--seed", &seed.to_string(), "--no-fulfilment"])
             .output()
             .unwrap());
+        prepare(&t);
         let generated: Value = serde_json::from_str(&generated).unwrap();
         let topo = topology(&t);
         let text = std::fs::read_to_string(&topo).unwrap();
@@ -389,6 +336,30 @@ impl LiveJob {
     }
 }
 
+impl LiveJob {
+    /// SIGTERM, then the exit status once its stderr has closed (within 30 s).
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no exit within 30 s of SIGTERM"),
+            }
+        }
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for LiveJob {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -403,9 +374,12 @@ fn message(m: &'static str) -> impl Fn(&Value) -> bool {
 #[test]
 fn readyz_turns_unready_while_checkpoints_stall_and_ready_again_after() {
     // The third commit waits 7 s; readiness allows max(3 × 100 ms, 5 s) without one.
-    let job = LiveJob::start(&[("BRAID_STALL_AT", "commit:3:7000")], |text| {
-        text.replace("max_records = 2000", "interval = \"100ms\"")
-    });
+    let job = LiveJob::start(
+        (3_000, 300, 4),
+        &[("BRAID_STALL_AT", "commit:3:7000")],
+        |text| text.replace("max_records = 2000", "interval = \"100ms\""),
+        |_| {},
+    );
     let addr = job.addr;
     job.await_line("stalling", &message("BRAID_STALL_AT reached: stalling"));
     let stalled_at = Instant::now();
@@ -433,7 +407,12 @@ fn readyz_turns_unready_while_checkpoints_stall_and_ready_again_after() {
 fn readyz_turns_unready_while_a_source_cannot_be_read_and_ready_again_after() {
     // From the 20th read on, every source read fails for 3 s, as on a broken disk.
     let plan = "read:20:3000ms";
-    let job = LiveJob::start(&[("BRAID_FAIL_AT", plan)], |text| text);
+    let job = LiveJob::start(
+        (3_000, 300, 4),
+        &[("BRAID_FAIL_AT", plan)],
+        |text| text,
+        |_| {},
+    );
     let addr = job.addr;
     let failed = message("reading a source partition failed; retrying");
     let first = job.await_line("a failed read", &failed);

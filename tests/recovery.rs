@@ -147,6 +147,22 @@ impl Job {
         cmd
     }
 
+    /// A bounded run with `env` set that must fail with exit code 1: (its `error:` line,
+    /// all of its stderr).
+    fn fail_with(&self, env: (&str, &str)) -> (String, String) {
+        let mut cmd = self.run_cmd(&[]);
+        cmd.env(env.0, env.1);
+        let out = common::output_within(cmd, LIMIT);
+        assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+        let stderr = common::stderr(&out);
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{stderr}"))
+            .to_owned();
+        (line, stderr)
+    }
+
     /// A bounded run to its end; returns the JSON summary.
     fn run_to_end(&self, extra: &[&str]) -> Value {
         self.run_to_end_in(extra, &[])
@@ -854,17 +870,9 @@ fn inspect_reads_the_state_while_the_job_runs_and_after_it() {
 fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once() {
     let clean = reference(SMALL);
     let job = Job::new(SMALL);
-    let mut cmd = job.run_cmd(&[]);
     // From the third on, every append of output fails as on a disk that stays full;
     // the topology retries for 1 s (100 + 200 + 400 ms of backoff), then gives up.
-    cmd.env("BRAID_FAIL_AT", "publish:3");
-    let out = common::output_within(cmd, LIMIT);
-    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
-    let stderr = common::stderr(&out);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{stderr}"));
+    let (line, stderr) = job.fail_with(("BRAID_FAIL_AT", "publish:3"));
     let dir = job.log().root().display().to_string();
     assert!(
         line.starts_with(
@@ -894,16 +902,8 @@ fn a_failed_output_append_stops_the_job_clearly_and_the_restart_is_exactly_once(
 fn a_failed_checkpoint_write_stops_the_job_clearly_and_the_restart_is_exactly_once() {
     let clean = reference(SMALL);
     let job = Job::new(SMALL);
-    let mut cmd = job.run_cmd(&[]);
     // The fourth checkpoint's RocksDB write fails, as on a full disk: not retried.
-    cmd.env("BRAID_FAIL_AT", "commit:4");
-    let out = common::output_within(cmd, LIMIT);
-    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
-    let stderr = common::stderr(&out);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{stderr}"));
+    let (line, _) = job.fail_with(("BRAID_FAIL_AT", "commit:4"));
     assert_eq!(
         line,
         format!(

@@ -794,6 +794,15 @@ mod tests {
             .collect()
     }
 
+    fn event_offsets(record: &Value) -> Vec<u64> {
+        record["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect()
+    }
+
     fn record(out: &[Output]) -> Value {
         match out {
             [Output::Correlation(c)] => serde_json::from_slice(&c.json).unwrap(),
@@ -812,12 +821,7 @@ mod tests {
         let v = record(&out);
         assert_eq!(v["kind"], "complete");
         assert_eq!(v["id"], JourneyId::new("t", "o1", 1_000).to_string());
-        let offsets: Vec<u64> = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["offset"].as_u64().unwrap())
-            .collect();
+        let offsets = event_offsets(&v);
         assert_eq!(
             offsets,
             vec![1, 0, 2],
@@ -919,12 +923,7 @@ mod tests {
         op.on_event(ev(1, 4, "bot", 1_005, Some("i1")), i64::MIN, &mut out);
         let v = record(&out);
         assert_eq!(v["kind"], "complete");
-        let offsets: Vec<u64> = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["offset"].as_u64().unwrap())
-            .collect();
+        let offsets = event_offsets(&v);
         assert_eq!(offsets, [0, 1, 4]);
         assert_eq!(
             (&v["truncated"], &v["dropped_events"]),

@@ -350,24 +350,16 @@ impl Journey {
     /// topic in source order, zeros included, so its shape does not depend on the
     /// data.
     pub fn to_json(&self) -> Vec<u8> {
-        WindowedRecord {
-            kind: "journey",
-            id: self.id,
-            key: &self.key,
-            start: self.start,
-            end: self.end,
-            events: &self.events,
-            topics: &self.topics,
-            include_payload: self.include_payload,
-            cut_by_boundary: self.cut_by_boundary,
-            dropped: self.dropped,
-        }
-        .to_json()
+        self.record().to_json()
     }
 
     /// [`Journey::to_json`], split into parts of at most `limit` bytes
     /// ([`WindowedRecord::to_json_parts`]).
     pub fn to_json_parts(&self, limit: usize) -> Vec<Vec<u8>> {
+        self.record().to_json_parts(limit)
+    }
+
+    fn record(&self) -> WindowedRecord<'_> {
         WindowedRecord {
             kind: "journey",
             id: self.id,
@@ -380,7 +372,6 @@ impl Journey {
             cut_by_boundary: self.cut_by_boundary,
             dropped: self.dropped,
         }
-        .to_json_parts(limit)
     }
 }
 
