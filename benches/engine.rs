@@ -1,12 +1,18 @@
-//! Hot paths of a journey job: decoding a source record, and the session operator's
-//! on_event / on_watermark, on records from the synthetic workload. Throughput in events.
+//! Hot paths of a journey job, on records from the synthetic workload: decoding a source
+//! record, the watermark update, the session operator's on_event / on_watermark, the
+//! state's packing of stored values, and the outbox placing and publishing output.
+//! Throughput in events (or records).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use braid::datagen::{GenConfig, JOURNEY_TOPICS, RecordClass};
 use braid::decode::{DecoderConfig, Event};
-use braid::engine::{Checkpointed, Operator, SessionConfig, SessionOperator};
+use braid::engine::{Checkpointed, Operator, Output, SessionConfig, SessionOperator};
+use braid::log::Log;
+use braid::outbox::{OutKind, OutRecord, Outbox, SequenceCounters};
+use braid::state::{Checkpoint, StateOptions, StateStore, pack, unpack};
+use braid::time::{PartitionId, WatermarkConfig, Watermarks};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: u64 = 100_000;
@@ -65,14 +71,8 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-fn session(c: &mut Criterion) {
-    let decoders = decoders();
-    let events: Vec<Event> = records()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (s, v))| decoders[*s as usize].decode(0, i as u64, v).ok())
-        .collect();
-    let config = SessionConfig {
+fn session_config() -> SessionConfig {
+    SessionConfig {
         topology: "bench".into(),
         sources: JOURNEY_TOPICS.iter().map(|t| t.to_string()).collect(),
         gap: Duration::from_secs(30 * 60),
@@ -81,7 +81,12 @@ fn session(c: &mut Criterion) {
         max_duration: None,
         include_payload: true,
         max_events: None,
-    };
+    }
+}
+
+fn session(c: &mut Criterion) {
+    let events = decoded();
+    let config = session_config();
     let mut group = c.benchmark_group("session_operator");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(20);
@@ -132,5 +137,145 @@ fn feed(
     (out.len(), bytes)
 }
 
-criterion_group!(benches, decode, session);
+/// The journeys of the workload, rendered (what the outbox and the state pack carry).
+fn journeys(events: &[Event]) -> Vec<(String, Vec<u8>)> {
+    let mut op = session_config().build().unwrap();
+    let mut out = Vec::new();
+    for e in events.iter().cloned() {
+        op.on_event(e, i64::MIN, &mut out);
+    }
+    op.on_watermark(i64::MAX, &mut out);
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::Journey(j) => Some((j.key.to_string(), j.to_json())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decoded() -> Vec<Event> {
+    let decoders = decoders();
+    records()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (s, v))| decoders[*s as usize].decode(0, i as u64, v).ok())
+        .collect()
+}
+
+/// Every event observed by its partition's watermark (3 sources × 4 partitions), and
+/// the job watermark advanced every 1024 events, as the source stage does.
+fn watermark(c: &mut Criterion) {
+    let events = decoded();
+    let ids: Vec<PartitionId> = (0..3u16)
+        .flat_map(|source| (0..4u32).map(move |partition| PartitionId { source, partition }))
+        .collect();
+    let config = WatermarkConfig {
+        out_of_orderness: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+    };
+    let mut group = c.benchmark_group("watermark");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("observe_and_advance", |b| {
+        b.iter(|| {
+            let mut w = Watermarks::new(config, ids.iter().copied(), 0);
+            let mut moved = 0;
+            for (i, e) in events.iter().enumerate() {
+                w.observe(ids[i % ids.len()], e.time, 0);
+                if i % 1024 == 1023 {
+                    moved += usize::from(w.advance(0).is_some());
+                }
+            }
+            black_box(moved)
+        })
+    });
+    group.finish();
+}
+
+/// LZ4 packing of stored values (journeys as the outbox stores them), and back.
+fn state(c: &mut Criterion) {
+    let journeys = journeys(&decoded());
+    let bytes: usize = journeys.iter().map(|(_, j)| j.len()).sum();
+    let packed: Vec<Vec<u8>> = journeys.iter().map(|(_, j)| pack(j)).collect();
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("pack_journeys", |b| {
+        b.iter(|| {
+            for (_, j) in &journeys {
+                black_box(pack(j));
+            }
+        })
+    });
+    group.bench_function("unpack_journeys", |b| {
+        b.iter(|| {
+            for p in &packed {
+                black_box(unpack(p).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+/// The outbox: placing output records (partition, sequence number, stamp), and one
+/// checkpoint's worth of them committed, appended to the embedded log, synced and
+/// acknowledged.
+fn outbox(c: &mut Criterion) {
+    let journeys = journeys(&decoded());
+    let dir = tempfile::TempDir::new().unwrap();
+    let log = Log::open(dir.path().join("log")).unwrap();
+    for topic in ["j", "l", "d"] {
+        log.create_topic(topic, 4).unwrap();
+    }
+    let records = || {
+        journeys
+            .iter()
+            .map(|(k, j)| {
+                OutRecord::new(OutKind::Journey, Some(k.as_bytes().to_vec()), j.clone(), 0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut group = c.benchmark_group("outbox");
+    group.throughput(Throughput::Elements(journeys.len() as u64));
+    group.sample_size(10);
+    group.bench_function("place", |b| {
+        let mut placer =
+            Outbox::new("bench", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        b.iter_batched(
+            records,
+            |rs| {
+                for r in rs {
+                    black_box(placer.place(r));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("commit_and_publish", |b| {
+        let store =
+            StateStore::open(&dir.path().join("state"), 1, StateOptions::default()).unwrap();
+        let mut outbox =
+            Outbox::new("bench", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut placer = Outbox::new_placer(&outbox);
+        b.iter_batched(
+            || {
+                records()
+                    .into_iter()
+                    .map(|r| placer.place(r))
+                    .collect::<Vec<_>>()
+            },
+            |entries| {
+                store
+                    .commit(Checkpoint {
+                        outbox: &entries,
+                        ..Checkpoint::default()
+                    })
+                    .unwrap();
+                black_box(outbox.publish(&store, &entries).unwrap())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, watermark, session, state, outbox);
 criterion_main!(benches);
