@@ -277,6 +277,11 @@ struct GenArgs {
     /// e.g. order.placed=1h: a topic lagging behind the others. Repeatable.
     #[arg(long, value_name = "TOPIC=DURATION")]
     delay: Vec<String>,
+    /// Append live at this many records per second, with the clock's time as append time
+    /// (a producer for a following `braid run`; the latency benchmark's load), instead of
+    /// as fast as possible with the simulated arrival times. Not with --out-dir or --delay.
+    #[arg(long, value_name = "RECORDS_PER_S")]
+    rate: Option<u32>,
 }
 
 fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
@@ -1082,6 +1087,15 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
         let d = parse_duration(d).map_err(|e| UsageError(format!("--delay {spec}: {e}")))?;
         delays[i] = d.as_millis().min(i64::MAX as u128) as i64;
     }
+    if args.rate.is_some() && (args.out_dir.is_some() || !args.delay.is_empty()) {
+        return Err(UsageError(
+            "--rate appends live to the log: not with --out-dir or --delay".into(),
+        )
+        .into());
+    }
+    if args.rate == Some(0) {
+        return Err(UsageError("--rate must be at least 1 record per second".into()).into());
+    }
     let started = std::time::Instant::now();
     let destination = match &args.out_dir {
         Some(dir) => {
@@ -1122,16 +1136,36 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
                 log.create_topic(t, n)?;
                 producers.push(log.producer(t, WriterOptions::default())?);
             }
+            // Live: every 10 ms of the schedule, what is due is appended and flushed.
+            let step = args.rate.map(|r| (u64::from(r) / 100).max(1));
+            let mut sent = 0u64;
             for rec in generator.by_ref() {
                 let i = topics
                     .iter()
                     .position(|t| *t == rec.topic)
                     .expect("generated topic");
-                producers[i].send_at(
-                    rec.key.as_deref().map(str::as_bytes),
-                    &rec.value,
-                    rec.arrival_ms.saturating_add(delays[i]),
-                )?;
+                let key = rec.key.as_deref().map(str::as_bytes);
+                match (args.rate, step) {
+                    (Some(rate), Some(step)) => {
+                        producers[i].send(key, &rec.value)?;
+                        sent += 1;
+                        if sent.is_multiple_of(step) {
+                            for p in &mut producers {
+                                p.flush()?;
+                            }
+                            let due =
+                                std::time::Duration::from_secs_f64(sent as f64 / f64::from(rate));
+                            std::thread::sleep(due.saturating_sub(started.elapsed()));
+                        }
+                    }
+                    _ => {
+                        producers[i].send_at(
+                            key,
+                            &rec.value,
+                            rec.arrival_ms.saturating_add(delays[i]),
+                        )?;
+                    }
+                }
             }
             for p in &mut producers {
                 p.flush()?;

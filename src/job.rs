@@ -156,8 +156,70 @@ pub struct Summary {
     pub sink_retries: u64,
     /// Source reads repeated after a failure.
     pub source_retries: u64,
+    /// From the read of the input that completed a correlation record (for a journey:
+    /// the slice whose watermark closed it) to the record's publication; none when the
+    /// run published no correlation record.
+    pub latency_ms: Option<LatencySummary>,
     /// The output topics written: journeys, late reports, dead letters.
     pub outputs: Vec<String>,
+}
+
+/// Percentiles of [`Summary::latency_ms`], exact to the millisecond up to a minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub records: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// A count per millisecond of latency up to [`LatencyTally::EXACT_MS`], beyond it only
+/// the count and the maximum: exact percentiles in bounded memory, however long a job
+/// runs.
+#[derive(Debug, Default)]
+struct LatencyTally {
+    counts: Vec<u64>,
+    beyond: u64,
+    records: u64,
+    max: u64,
+}
+
+impl LatencyTally {
+    const EXACT_MS: u64 = 60_000;
+
+    fn record(&mut self, ms: u64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; Self::EXACT_MS as usize + 1];
+        }
+        match self.counts.get_mut(ms as usize) {
+            Some(n) => *n += 1,
+            None => self.beyond += 1,
+        }
+        self.records += 1;
+        self.max = self.max.max(ms);
+    }
+
+    /// The smallest latency with at least `q` of the records at or below it.
+    fn quantile(&self, q: f64) -> u64 {
+        let rank = ((self.records as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return ms as u64;
+            }
+        }
+        self.max
+    }
+
+    fn summary(&self) -> Option<LatencySummary> {
+        (self.records > 0).then(|| LatencySummary {
+            records: self.records,
+            p50: self.quantile(0.5),
+            p99: self.quantile(0.99),
+            max: self.max,
+        })
+    }
 }
 
 impl Summary {
@@ -472,6 +534,7 @@ pub fn run(
         open_windows_peak: counts.open_windows_peak,
         sink_retries: counts.sink_retries,
         source_retries: source.retries,
+        latency_ms: counts.latency,
         outputs: vec![
             plan.output.journeys.clone(),
             plan.output.late.clone(),
@@ -1527,6 +1590,7 @@ struct CommitCounts {
     checkpoint_bytes: u64,
     /// Publication attempts repeated after a failure.
     sink_retries: u64,
+    latency: Option<LatencySummary>,
 }
 
 /// What every checkpoint of a run repeats about the run itself.
@@ -1682,30 +1746,37 @@ fn committer_stage(
             }))
         });
         // A publication error explains a commit loop that stopped sending.
-        let sink_retries = published?;
-        counts.map(|c| CommitCounts { sink_retries, ..c })
+        let (sink_retries, latencies) = published?;
+        counts.map(|c| CommitCounts {
+            sink_retries,
+            latency: latencies.summary(),
+            ..c
+        })
     })
 }
 
 /// One committed checkpoint's output, on its way to the publisher.
 struct Publication {
     entries: Vec<OutboxEntry>,
-    /// Per entry, when its input was read (for the latency metric).
-    born: Vec<i64>,
+    /// Per entry, when its input was read (for the latency metric), and whether it is a
+    /// correlation record (for the run summary's latency).
+    born: Vec<(i64, bool)>,
     /// Records per kind (for the output metric).
     kinds: BTreeMap<&'static str, u64>,
 }
 
 /// Appends committed output, syncs it, acknowledges it (retrying failures for
-/// `retry_for`); reports into the metrics. Returns the number of retries.
+/// `retry_for`); reports into the metrics. Returns the number of retries and the
+/// correlation records' latencies.
 fn publish_stage(
     store: &StateStore,
     mut outbox: Outbox,
     publications: Receiver<Publication>,
     retry_for: Duration,
     telemetry: Option<&Telemetry>,
-) -> Result<u64, OutboxError> {
+) -> Result<(u64, LatencyTally), OutboxError> {
     let mut retries = 0u64;
+    let mut latencies = LatencyTally::default();
     for p in publications {
         let published = outbox.publish_retrying(store, &p.entries, retry_for, |error, delay| {
             retries += 1;
@@ -1725,13 +1796,18 @@ fn publish_stage(
             }
             return Err(e);
         }
+        let now = wall_clock_ms();
+        for &(b, correlation) in &p.born {
+            if correlation {
+                latencies.record(now.saturating_sub(b).max(0) as u64);
+            }
+        }
         if let Some(t) = telemetry {
             let m = &t.metrics;
-            let now = wall_clock_ms();
             // The output counters last: a scrape that sees them count a publication
             // sees its latencies and the outbox depth too.
             m.outbox_depth.sub(p.entries.len() as i64);
-            for b in p.born {
+            for (b, _) in p.born {
                 m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
             }
             for (kind, n) in &p.kinds {
@@ -1739,7 +1815,7 @@ fn publish_stage(
             }
         }
     }
-    Ok(retries)
+    Ok((retries, latencies))
 }
 
 /// Gathers and commits checkpoints, handing each one's output to the publisher.
@@ -1815,7 +1891,8 @@ fn commit_loop(
                     OutKind::DeadLetter => {}
                 }
                 *kinds.entry(r.kind.name()).or_default() += 1;
-                born.push(r.born_ms);
+                let correlation = matches!(r.kind, OutKind::Journey | OutKind::Record(_));
+                born.push((r.born_ms, correlation));
                 entries.push(outbox.place(r));
             }
         }
@@ -1953,4 +2030,38 @@ pub fn scan(plan: &Plan, log: &Log) -> Result<ScanSummary, JobError> {
     }
     summary.millis = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_are_exact_to_the_millisecond() {
+        let mut t = LatencyTally::default();
+        assert_eq!(t.summary(), None);
+        for ms in 1..=100 {
+            t.record(ms);
+        }
+        assert_eq!(
+            t.summary(),
+            Some(LatencySummary {
+                records: 100,
+                p50: 50,
+                p99: 99,
+                max: 100
+            })
+        );
+        // Beyond the exact range only the count and the maximum are kept.
+        for _ in 0..10_000 {
+            t.record(90_000);
+        }
+        let s = t.summary().unwrap();
+        assert_eq!(
+            (s.records, s.p50, s.p99, s.max),
+            (10_100, 90_000, 90_000, 90_000)
+        );
+        t.record(0);
+        assert_eq!(t.quantile(0.0), 0, "the smallest");
+    }
 }
