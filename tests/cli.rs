@@ -331,6 +331,58 @@ fn gen_is_deterministic_for_a_seed() {
 }
 
 #[test]
+fn gen_with_a_rate_appends_the_same_records_live() {
+    let args = [
+        "gen",
+        "--events",
+        "2000",
+        "--customers",
+        "100",
+        "--seed",
+        "9",
+    ];
+    let (paced, fast) = (TempLog::new(), TempLog::new());
+    let before = braid::time::wall_clock_ms();
+    ok(cmd(&paced, &[&args[..], &["--rate", "1000000"]].concat())
+        .output()
+        .unwrap());
+    ok(cmd(&fast, &args).output().unwrap());
+    // The same records at the same places; only the append times are the clock's.
+    let strip = |d: Vec<Stored>| -> Vec<_> {
+        d.into_iter()
+            .map(|(t, p, o, _, k, v)| (t, p, o, k, v))
+            .collect()
+    };
+    let paced_records = dump(&paced);
+    assert!(
+        paced_records.iter().all(|r| r.3 >= before),
+        "append times from the clock"
+    );
+    assert_eq!(strip(paced_records), strip(dump(&fast)));
+    let refused = |extra: &[&str]| {
+        let out = cmd(&paced, &[&args[..], extra].concat()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        refused(&["--rate", "10", "--out-dir", "x"]),
+        (
+            Some(2),
+            "error: --rate appends live to the log: not with --out-dir or --delay\n".into()
+        )
+    );
+    assert_eq!(
+        refused(&["--rate", "0"]),
+        (
+            Some(2),
+            "error: --rate must be at least 1 record per second\n".into()
+        )
+    );
+}
+
+#[test]
 fn validate_reports_every_problem_at_once_and_exits_2() {
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
