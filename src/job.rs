@@ -256,6 +256,9 @@ impl JobSnapshot {
 /// A message from the source stage to a shard.
 enum ShardMsg {
     Event(Event),
+    /// The wall clock (ms) when the events that follow were read: the birth time of the
+    /// records they complete (for the latency figures).
+    Read(i64),
     /// A new job watermark, and the wall clock (ms) of the slice that produced it.
     Watermark(i64, i64),
     /// Checkpoint `n`: report what changed since the previous one.
@@ -1003,6 +1006,9 @@ impl SourceStage<'_> {
                 .take()
                 .or_else(|| oldest.map(|o| o.saturating_add(slice_ms)));
             if let Some(horizon) = horizon {
+                for b in &mut out.shards {
+                    b.push(ShardMsg::Read(now));
+                }
                 loop {
                     let mut progressed = false;
                     let at = Instant::now();
@@ -1442,6 +1448,7 @@ impl Shard {
             for msg in batch {
                 match msg {
                     ShardMsg::Event(e) => op.on_event(e, watermark, &mut outputs),
+                    ShardMsg::Read(at) => slice_at = at,
                     ShardMsg::Watermark(w, at) => {
                         watermark = w;
                         slice_at = at;
