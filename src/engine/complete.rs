@@ -598,8 +598,9 @@ impl Operator for CompleteOperator {
             .rules
             .close_at(first, &self.rules.missing(first, &open.events));
         let key = entry.key().clone();
-        let repeated = open.events.iter().any(|e| e.source == event.source);
-        let keep = open.events.len() < self.max_events || !repeated;
+        // Scanned only at the limit: below it every part is kept.
+        let keep = open.events.len() < self.max_events
+            || !open.events.iter().any(|e| e.source == event.source);
         let (_, record) = RecordEvent::split(event);
         let mut entry = entry;
         let state = entry.state_mut();

@@ -569,10 +569,11 @@ impl PartitionReader {
         Ok(reader)
     }
 
-    /// From now on a record whose value is longer than `limit` is handed over with only
-    /// a prefix of its value, [`record::FrameView::value_len`] giving its real length, and
-    /// is never held in memory whole (a source with `max_record_bytes` dead-letters such
-    /// records anyway).
+    /// From now on a record whose value is longer than `limit` is never buffered beyond
+    /// the read chunk: unless it is in the buffer already (a record shorter than the
+    /// chunk may be), it is read through and handed over with only a prefix of its value,
+    /// [`record::FrameView::value_len`] giving its real length (a source with
+    /// `max_record_bytes` dead-letters such records either way).
     pub fn limit_values(&mut self, limit: usize) {
         self.value_limit = limit;
     }
