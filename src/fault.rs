@@ -90,7 +90,7 @@ pub fn stall_point(point: CrashPoint) {
 pub fn fail_point(point: CrashPoint) -> Result<(), std::io::Error> {
     static PLAN: OnceLock<Option<FailPlan>> = OnceLock::new();
     static SEEN: AtomicU64 = AtomicU64::new(0);
-    static FIRST_MS: OnceLock<std::time::Instant> = OnceLock::new();
+    static FIRST_FAILURE: OnceLock<std::time::Instant> = OnceLock::new();
     let Some(plan) = PLAN.get_or_init(|| FailPlan::parse(&std::env::var("BRAID_FAIL_AT").ok()?))
     else {
         return Ok(());
@@ -104,7 +104,7 @@ pub fn fail_point(point: CrashPoint) -> Result<(), std::io::Error> {
             Lasting::Forever => true,
             Lasting::Times(k) => seen - plan.from < k,
             Lasting::Millis(ms) => {
-                FIRST_MS.get_or_init(std::time::Instant::now).elapsed()
+                FIRST_FAILURE.get_or_init(std::time::Instant::now).elapsed()
                     < std::time::Duration::from_millis(ms)
             }
         };

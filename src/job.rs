@@ -339,12 +339,8 @@ pub fn run(
     let shards = plan.shards.max(1);
 
     let store = Arc::new(
-        StateStore::open(
-            &plan.state,
-            plan.fingerprint().0,
-            StateOptions::for_plan(plan),
-        )
-        .map_err(state_err)?,
+        StateStore::open(&plan.state, plan.fingerprint().0, state_options(plan))
+            .map_err(state_err)?,
     );
     let snapshot: Option<JobSnapshot> = store.watermarks().map_err(state_err)?;
     let resumed = snapshot.is_some();
@@ -1693,6 +1689,14 @@ impl RateLimited {
     }
 }
 
+/// The RocksDB budgets of a topology's `[limits]`.
+fn state_options(plan: &Plan) -> StateOptions {
+    StateOptions {
+        block_cache_bytes: usize::try_from(plan.limits.state_cache).unwrap_or(usize::MAX),
+        write_buffer_bytes: usize::try_from(plan.limits.state_write_buffer).unwrap_or(usize::MAX),
+    }
+}
+
 /// An error with its sources, `a: b: c`, for a log line (errors that stop the job are
 /// printed so by the CLI).
 struct ErrorChain<'a>(&'a dyn std::error::Error);
@@ -2042,6 +2046,20 @@ pub fn scan(plan: &Plan, log: &Log) -> Result<ScanSummary, JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_budgets_come_from_the_limits() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("topologies/customer_journey.toml");
+        let mut plan = crate::topology::load(&path).unwrap();
+        plan.limits.state_cache = 32 << 20;
+        plan.limits.state_write_buffer = 1 << 30;
+        let o = state_options(&plan);
+        assert_eq!(
+            (o.block_cache_bytes, o.write_buffer_bytes),
+            (32 << 20, 1 << 30)
+        );
+    }
 
     #[test]
     fn latency_percentiles_are_exact_to_the_millisecond() {

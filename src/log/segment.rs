@@ -256,8 +256,9 @@ impl SegmentCursor {
             return Ok(Some(Streamed::End));
         }
         let frame = &self.buf[self.start..];
-        let key_len = i32::from_le_bytes(frame[head - 4..head].try_into().expect("4 bytes"));
-        let key_len = usize::try_from(key_len).unwrap_or(0);
+        let raw_key_len = i32::from_le_bytes(frame[head - 4..head].try_into().expect("4 bytes"));
+        // Negative: no key (as `record::decode` reads it).
+        let key_len = usize::try_from(raw_key_len).unwrap_or(0);
         let Some(value_len) = (len - head).checked_sub(key_len) else {
             return Ok(Some(Streamed::Corrupt("key length exceeds record")));
         };
@@ -295,8 +296,7 @@ impl SegmentCursor {
         let view = FrameView {
             offset: u64::from_le_bytes(prefix[8..16].try_into().expect("8 bytes")),
             timestamp_ms: i64::from_le_bytes(prefix[16..24].try_into().expect("8 bytes")),
-            key: (i32::from_le_bytes(prefix[head - 4..head].try_into().expect("4 bytes")) >= 0)
-                .then_some(key_start..key_start + key_len),
+            key: (raw_key_len >= 0).then_some(key_start..key_start + key_len),
             value: key_start + key_len..keep,
             value_len,
         };

@@ -312,15 +312,6 @@ impl Default for StateOptions {
 }
 
 impl StateOptions {
-    /// The budgets of a topology's `[limits]`.
-    pub fn for_plan(plan: &crate::topology::Plan) -> Self {
-        StateOptions {
-            block_cache_bytes: usize::try_from(plan.limits.state_cache).unwrap_or(usize::MAX),
-            write_buffer_bytes: usize::try_from(plan.limits.state_write_buffer)
-                .unwrap_or(usize::MAX),
-        }
-    }
-
     /// One column family's memtable size.
     fn memtable_bytes(&self) -> usize {
         (self.write_buffer_bytes / 4).clamp(1 << 20, 64 << 20)

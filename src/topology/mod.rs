@@ -329,9 +329,8 @@ max_records = 10000
         assert!(!plan.output.include_payload);
         assert_eq!(plan.output.retry_for, Duration::from_secs(120));
         assert_eq!(plan.limits.max_record_bytes, 65536);
-        let state = crate::state::StateOptions::for_plan(&plan);
         assert_eq!(
-            (state.block_cache_bytes, state.write_buffer_bytes),
+            (plan.limits.state_cache, plan.limits.state_write_buffer),
             (256 << 20, 1 << 30)
         );
         assert_eq!(plan.checkpoint.interval, Duration::from_millis(500));
