@@ -11,6 +11,8 @@ use braid::decode::{DecoderConfig, Event};
 use braid::engine::{Checkpointed, Operator, Output, SessionConfig, SessionOperator};
 use braid::log::Log;
 use braid::outbox::{OutKind, OutRecord, Outbox, SequenceCounters};
+use braid::sink::Sink;
+use braid::source::Backend;
 use braid::state::{Checkpoint, StateOptions, StateStore, pack, unpack};
 use braid::time::{PartitionId, WatermarkConfig, Watermarks};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -237,8 +239,13 @@ fn outbox(c: &mut Criterion) {
     group.throughput(Throughput::Elements(journeys.len() as u64));
     group.sample_size(10);
     group.bench_function("place", |b| {
-        let mut placer =
-            Outbox::new("bench", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut placer = Outbox::new(
+            "bench",
+            Sink::new(&Backend::Embedded(log.clone()), Default::default()),
+            ["j", "l", "d"],
+            SequenceCounters::new(),
+        )
+        .unwrap();
         b.iter_batched(
             records,
             |rs| {
@@ -252,8 +259,13 @@ fn outbox(c: &mut Criterion) {
     group.bench_function("commit_and_publish", |b| {
         let store =
             StateStore::open(&dir.path().join("state"), 1, StateOptions::default()).unwrap();
-        let mut outbox =
-            Outbox::new("bench", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut outbox = Outbox::new(
+            "bench",
+            Sink::new(&Backend::Embedded(log.clone()), Default::default()),
+            ["j", "l", "d"],
+            SequenceCounters::new(),
+        )
+        .unwrap();
         let mut placer = Outbox::new_placer(&outbox);
         b.iter_batched(
             || {

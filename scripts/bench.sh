@@ -7,7 +7,17 @@
 # Each figure is the median of RUNS runs; peak RSS from GNU time; RocksDB batches = bytes of
 # the checkpoint batches written (the last run's summary). Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
+#
+# `scripts/bench.sh --fluvio [ENDPOINT]` also runs the baseline and braid (default shards)
+# against a Fluvio cluster (default 127.0.0.1:9003) on the same dataset, produced there
+# with `braid gen --fluvio`. It needs the `fluvio` CLI on PATH (to delete the benchmark's
+# topics between runs) and DELETES the topics page-viewed, cart-updated, order-placed and
+# customer-journey* on that cluster.
 set -euo pipefail
+FLUVIO=""
+if [ "${1:-}" = "--fluvio" ]; then
+  FLUVIO="${2:-127.0.0.1:9003}"
+fi
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 [ -x /usr/bin/time ] || apt_install time || { echo "bench.sh: GNU time is needed for peak RSS" >&2; exit 1; }
@@ -69,3 +79,47 @@ for n in braid-1-shard braid-default; do
 done
 awk -v a="$(cat "$WORK/braid-1-shard.median")" -v b="$(cat "$WORK/braid-default.median")" \
   'BEGIN { printf "scaling default / 1 shard: %.2f\n", b / a }'
+
+[ -n "$FLUVIO" ] || exit 0
+command -v fluvio >/dev/null || { echo "bench.sh --fluvio: the fluvio CLI is not on PATH" >&2; exit 1; }
+echo "bench: the same dataset on the Fluvio cluster at $FLUVIO" >&2
+FTOPOLOGY="$WORK/fluvio.toml"
+sed -e 's/^broker = .*/broker = { kind = "fluvio", endpoint = "'"$FLUVIO"'" }/' \
+  -e '/^topic = \|^journeys = \|^late = \|^dead_letters = /s/\./-/g' "$TOPOLOGY" >"$FTOPOLOGY"
+drop_topics() {
+  for t in "$@"; do
+    if fluvio topic list 2>/dev/null | awk '{print $1}' | grep -qx "$t"; then
+      fluvio topic delete "$t" >/dev/null
+    fi
+  done
+}
+drop_topics page-viewed cart-updated order-placed customer-journey customer-journey-late customer-journey-dlq
+"$BIN" --fluvio "$FLUVIO" gen --events "$EVENTS" --customers "$CUSTOMERS" --seed "$SEED" --no-fulfilment >"$WORK/fluvio-gen.json"
+# measure_fluvio NAME CMD...: as measure, with the job's output topics dropped before each run.
+measure_fluvio() {
+  local name="$1"; shift
+  : >"$WORK/$name.rates"; : >"$WORK/$name.rss"
+  for i in $(seq "$RUNS"); do
+    drop_topics customer-journey customer-journey-late customer-journey-dlq
+    rm -rf "$WORK/state"
+    /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
+    local records millis
+    records="$(field "$WORK/summary.json" records_in)"
+    [ -n "$records" ] || records="$(field "$WORK/summary.json" records)"
+    millis="$(field "$WORK/summary.json" millis)"
+    awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
+    tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
+  done
+  local rate rss
+  rate="$(median <"$WORK/$name.rates")"
+  rss="$(median <"$WORK/$name.rss")"
+  echo "$rate" >"$WORK/$name.median"
+  printf '%-22s %12s events/s   peak RSS %6d MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
+}
+measure_fluvio fluvio-baseline "$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json"
+measure_fluvio fluvio-braid-default "$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY"
+awk -v b="$(cat "$WORK/fluvio-baseline.median")" -v x="$(cat "$WORK/fluvio-braid-default.median")" \
+  'BEGIN { printf "ratio fluvio-braid-default / fluvio-baseline: %.2f\n", x / b }'
+awk -v e="$(cat "$WORK/braid-default.median")" -v f="$(cat "$WORK/fluvio-braid-default.median")" \
+  'BEGIN { printf "fluvio / embedded (braid default): %.2f\n", f / e }'
+drop_topics page-viewed cart-updated order-placed customer-journey customer-journey-late customer-journey-dlq

@@ -12,7 +12,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::datagen::{self, GenConfig};
-use crate::log::{Log, TailWatcher, WriterOptions};
+use crate::fluvio::ClusterConfig;
+use crate::log::Log;
+use crate::sink::TopicProducer;
+use crate::source::{Backend, BackendConfig, PartitionInput};
 use crate::topology::{self, StartPosition};
 
 #[derive(Parser, Debug)]
@@ -26,6 +29,17 @@ struct Cli {
     /// Embedded log directory [default: data/log; for `run`, the topology's broker path].
     #[arg(long, global = true, env = "BRAID_LOG_DIR")]
     log: Option<PathBuf>,
+    /// Use a Fluvio cluster instead of the embedded log: the SC at ENDPOINT
+    /// (host:port), or the current Fluvio profile's when no ENDPOINT is given.
+    #[arg(
+        long,
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_name = "ENDPOINT",
+        conflicts_with = "log"
+    )]
+    fluvio: Option<String>,
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -128,6 +142,14 @@ enum Command {
         /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Scale out: be instance I of N, reading partitions p with p % N = I of every
+        /// source (the sources must be co-partitioned). State goes to
+        /// <state>/instance-I-of-N unless --state says otherwise.
+        #[arg(long, value_name = "I/N", value_parser = crate::source::Assignment::parse_instance, conflicts_with = "partitions")]
+        instance: Option<crate::source::Assignment>,
+        /// Scale out: read only these partitions of every source, e.g. 0,2,4.
+        #[arg(long, value_name = "LIST", value_parser = crate::source::Assignment::parse_list)]
+        partitions: Option<crate::source::Assignment>,
     },
     /// Re-process a range of a topology's sources (backfill), isolated from the live job.
     #[command(
@@ -328,14 +350,74 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Where records are: `--log DIR`, `--fluvio [ENDPOINT]`, or (for a topology) its
+/// broker.
+struct BrokerFlags {
+    log: Option<PathBuf>,
+    fluvio: Option<String>,
+}
+
+impl BrokerFlags {
+    fn fluvio(&self) -> Option<BackendConfig> {
+        self.fluvio.as_ref().map(|e| {
+            BackendConfig::Fluvio(ClusterConfig {
+                endpoint: (!e.is_empty()).then(|| e.clone()),
+            })
+        })
+    }
+
+    /// For the tools: Fluvio when asked for, else the embedded log.
+    fn tool_backend(&self) -> anyhow::Result<Backend> {
+        let config = self.fluvio().unwrap_or_else(|| BackendConfig::Embedded {
+            path: self.log_dir(),
+        });
+        open_backend(&config)
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.log
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/log"))
+    }
+
+    /// For a topology: a flag overrides its broker.
+    fn plan_backend(&self, plan: &topology::Plan) -> anyhow::Result<Backend> {
+        let config = match (&self.log, self.fluvio()) {
+            (Some(dir), _) => BackendConfig::Embedded { path: dir.clone() },
+            (None, Some(fluvio)) => fluvio,
+            (None, None) => BackendConfig::of(&plan.broker),
+        };
+        open_backend(&config)
+    }
+}
+
+fn open_backend(config: &BackendConfig) -> anyhow::Result<Backend> {
+    config.build().with_context(|| match config {
+        BackendConfig::Embedded { .. } => "opening the embedded log".to_owned(),
+        BackendConfig::Fluvio(_) => "connecting to Fluvio".to_owned(),
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let log_dir = cli.log.clone().unwrap_or_else(|| PathBuf::from("data/log"));
-    let log = || Log::open(&log_dir).context("opening the embedded log");
+    let flags = BrokerFlags {
+        log: cli.log.clone(),
+        fluvio: cli.fluvio.clone(),
+    };
+    let log_dir = flags.log_dir();
+    let log = || -> anyhow::Result<Log> {
+        if flags.fluvio.is_some() {
+            return Err(UsageError(
+                "braid topic works on the embedded log; on Fluvio, use `fluvio topic`".into(),
+            )
+            .into());
+        }
+        Log::open(&log_dir).context("opening the embedded log")
+    };
     match cli.command {
         Command::Topic(cmd) => topic(&log()?, cmd),
-        Command::Produce(args) => produce(&log()?, args),
-        Command::Consume(args) => consume(&log()?, args),
-        Command::Gen(args) => generate(&log_dir, args),
+        Command::Produce(args) => produce(&flags.tool_backend()?, args),
+        Command::Consume(args) => consume(&flags.tool_backend()?, args),
+        Command::Gen(args) => generate(&flags, args),
         Command::Run {
             topology,
             bounded,
@@ -343,8 +425,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shards,
             state,
             metrics_addr,
+            instance,
+            partitions,
         } => run_job(
-            cli.log.as_deref(),
+            &flags,
             &topology,
             RunArgs {
                 bounded,
@@ -352,24 +436,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state,
                 summary_json,
                 metrics_addr,
+                assignment: instance.or(partitions),
             },
         ),
-        Command::Replay(args) => replay(cli.log.as_deref(), args),
+        Command::Replay(args) => replay(&flags, args),
         Command::Validate { file } => validate(&file),
         Command::Inspect {
             topology,
             state,
             json,
-        } => inspect(cli.log.as_deref(), &topology, state, json),
+        } => inspect(&flags, &topology, state, json),
         Command::Scan {
             topology,
             summary_json,
-        } => scan(cli.log.as_deref(), &topology, summary_json.as_deref()),
+        } => scan(&flags, &topology, summary_json.as_deref()),
     }
 }
 
 fn inspect(
-    log_override: Option<&std::path::Path>,
+    flags: &BrokerFlags,
     file: &std::path::Path,
     state: Option<PathBuf>,
     json: bool,
@@ -380,8 +465,8 @@ fn inspect(
     }
     let store = crate::state::StateStore::open_read_only(&plan.state)?;
     // The log only adds end offsets (lag); a report without them beats no report.
-    let log = plan_log(log_override, &plan).ok();
-    let report = crate::inspect::inspect(&plan, &store, log.as_ref())?;
+    let backend = flags.plan_backend(&plan).ok();
+    let report = crate::inspect::inspect(&plan, &store, backend.as_ref())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -430,16 +515,6 @@ fn stop_on_signal() -> Arc<AtomicBool> {
     stop
 }
 
-/// The topology's embedded log, unless `--log` overrides it.
-fn plan_log(log_override: Option<&std::path::Path>, plan: &topology::Plan) -> anyhow::Result<Log> {
-    let log_dir = match (log_override, &plan.broker) {
-        (Some(dir), _) => dir.to_path_buf(),
-        (None, topology::Broker::Embedded { path }) => path.clone(),
-        (None, topology::Broker::Fluvio { .. }) => PathBuf::from("data/log"),
-    };
-    Log::open(&log_dir).context("opening the embedded log")
-}
-
 fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
     if let Some(path) = path {
         std::fs::write(path, serde_json::to_vec_pretty(value)?)
@@ -449,13 +524,13 @@ fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> 
 }
 
 fn scan(
-    log_override: Option<&std::path::Path>,
+    flags: &BrokerFlags,
     file: &std::path::Path,
     summary_json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let plan = load_plan(file)?;
-    let log = plan_log(log_override, &plan)?;
-    let s = crate::job::scan(&plan, &log)?;
+    let backend = flags.plan_backend(&plan)?;
+    let s = crate::job::scan(&plan, &backend)?;
     println!(
         "{}: scanned {} records ({} bytes, {} not JSON) in {:.2}s ({:.0} records/s)",
         plan.name,
@@ -475,6 +550,7 @@ struct RunArgs {
     state: Option<PathBuf>,
     summary_json: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
+    assignment: Option<crate::source::Assignment>,
 }
 
 /// Starts the metrics endpoint when an address is given; the job reports into the
@@ -499,11 +575,7 @@ fn start_metrics(
     Ok((Some(telemetry), Some(endpoint)))
 }
 
-fn run_job(
-    log_override: Option<&std::path::Path>,
-    file: &std::path::Path,
-    args: RunArgs,
-) -> anyhow::Result<()> {
+fn run_job(flags: &BrokerFlags, file: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
     let mut plan = load_plan(file)?;
     if let Some(n) = args.shards {
         if n == 0 {
@@ -511,18 +583,21 @@ fn run_job(
         }
         plan.shards = n;
     }
-    if let Some(dir) = args.state {
-        plan.state = dir;
+    match (args.state, &args.assignment) {
+        (Some(dir), _) => plan.state = dir,
+        (None, Some(a)) => plan.state = plan.state.join(a.label()),
+        (None, None) => {}
     }
-    let log = plan_log(log_override, &plan)?;
+    let backend = flags.plan_backend(&plan)?;
     let (telemetry, _endpoint) = start_metrics(&plan, args.metrics_addr)?;
     let stop = stop_on_signal();
     let opts = crate::job::RunOptions {
         bounded: args.bounded,
         telemetry,
+        assignment: args.assignment,
         ..Default::default()
     };
-    let summary = crate::job::run(&plan, &log, opts, &stop)?;
+    let summary = crate::job::run(&plan, &backend, opts, &stop)?;
     print_summary(&plan, &summary);
     write_json(args.summary_json.as_deref(), &summary)
 }
@@ -564,9 +639,9 @@ fn print_summary(plan: &topology::Plan, summary: &crate::job::Summary) {
     );
 }
 
-fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::Result<()> {
+fn replay(flags: &BrokerFlags, args: ReplayArgs) -> anyhow::Result<()> {
     let live = load_plan(&args.topology)?;
-    let log = plan_log(log_override, &live)?;
+    let backend = flags.plan_backend(&live)?;
     let temp_state =
         std::env::temp_dir().join(format!("braid-replay-{}-{}", live.name, std::process::id()));
     let iso = crate::replay::Isolation {
@@ -613,8 +688,8 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
         (None, 0)
     } else {
         let range =
-            crate::replay::resolve(&plan, &log, &args.from, &args.to).map_err(|e| match e {
-                crate::replay::ReplayError::Log(e) => {
+            crate::replay::resolve(&plan, &backend, &args.from, &args.to).map_err(|e| match e {
+                crate::replay::ReplayError::Source(e) => {
                     anyhow::Error::new(e).context("resolving the range")
                 }
                 other => UsageError(other.to_string()).into(),
@@ -648,8 +723,9 @@ fn replay(log_override: Option<&std::path::Path>, args: ReplayArgs) -> anyhow::R
             crate::time::wall_clock_ms()
         )),
         telemetry,
+        assignment: None,
     };
-    let result = crate::job::run(&plan, &log, opts, &stop);
+    let result = crate::job::run(&plan, &backend, opts, &stop);
     finished.store(true, Ordering::Relaxed);
     let _ = reporter.join();
     let interrupted = stop.load(Ordering::Relaxed);
@@ -829,7 +905,7 @@ fn key_of(value: &serde_json::Value, pointer: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
+fn produce(backend: &Backend, args: ProduceArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.key_pointer
         && !p.starts_with('/')
     {
@@ -838,7 +914,7 @@ fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut producer = log.producer(&args.topic, WriterOptions::default())?;
+    let mut producer = TopicProducer::open(backend, &args.topic)?;
     let (source_name, input): (String, Box<dyn BufRead>) = match &args.file {
         Some(path) => (
             path.display().to_string(),
@@ -848,7 +924,7 @@ fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
         ),
         None => ("stdin".into(), Box::new(std::io::stdin().lock())),
     };
-    let partitions = producer.topic().partitions as usize;
+    let partitions = producer.partitions() as usize;
     let mut per_partition = vec![0u64; partitions];
     let (mut keyed, mut unkeyed, mut rejected, mut malformed) = (0u64, 0u64, 0u64, 0u64);
     for (n, line) in input.split(b'\n').enumerate() {
@@ -893,53 +969,61 @@ fn produce(log: &Log, args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
-    let meta = log.topic(&args.topic)?;
+fn consume(backend: &Backend, args: ConsumeArgs) -> anyhow::Result<()> {
+    let count = backend.partitions(&args.topic)?;
     let partitions: Vec<u32> = match args.partition {
-        Some(p) if p >= meta.partitions => {
+        Some(p) if p >= count => {
             return Err(UsageError(format!(
-                "--partition {p} does not exist: topic {} has {} partition(s)",
-                meta.name, meta.partitions
+                "--partition {p} does not exist: topic {} has {count} partition(s)",
+                args.topic
             ))
             .into());
         }
         Some(p) => vec![p],
-        None => (0..meta.partitions).collect(),
+        None => (0..count).collect(),
     };
-    let mut watcher = if args.follow {
-        let mut w = TailWatcher::new()?;
-        for &p in &partitions {
-            w.watch(&log.partition_dir(&meta.name, p))?;
-        }
-        Some(w)
-    } else {
-        None
-    };
+    // A Fluvio stream delivers asynchronously: even a bounded read waits for records.
+    let asynchronous = matches!(backend, Backend::Fluvio(_));
+    let mut wakeup = backend.wakeup(args.follow || asynchronous)?;
     let mut readers = Vec::new();
     let mut stop_at = Vec::new();
     for &p in &partitions {
-        let info = log.partition_info(&meta.name, p)?;
-        let start = log.resolve_start(&meta.name, &info, args.from)?;
-        readers.push(log.reader(&meta.name, p, start)?);
-        stop_at.push(info.end_offset);
+        let offsets = backend.offsets(&args.topic, p)?;
+        let start = backend.resolve_start(&args.topic, p, offsets, args.from)?;
+        let mut reader = backend.reader(&args.topic, p, start, usize::MAX, wakeup.as_mut())?;
+        if !args.follow {
+            reader.read_until(offsets.1);
+        }
+        readers.push(reader);
+        stop_at.push(offsets.1);
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut left = args.max_records.unwrap_or(u64::MAX);
     loop {
         let mut progressed = false;
+        let mut caught_up = true;
         for (i, reader) in readers.iter_mut().enumerate() {
-            let bound = if watcher.is_some() {
+            let bound = if args.follow {
                 left
             } else {
                 left.min(stop_at[i].saturating_sub(reader.position()))
             };
-            let batch = reader.read_batch(bound.min(1024) as usize)?;
-            progressed |= !batch.is_empty();
-            for rec in batch {
-                print_record(&mut out, partitions[i], &rec, args.meta, args.pretty)?;
-                left -= 1;
+            let mut failed = None;
+            let n = reader.read_before(bound.min(1024) as usize, i64::MAX, |rec| {
+                if failed.is_none()
+                    && let Err(e) =
+                        print_record(&mut out, partitions[i], &rec, args.meta, args.pretty)
+                {
+                    failed = Some(e);
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
             }
+            progressed |= n > 0;
+            left -= n as u64;
+            caught_up &= reader.position() >= stop_at[i];
             if left == 0 {
                 out.flush()?;
                 return Ok(());
@@ -949,12 +1033,16 @@ fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
             continue;
         }
         out.flush()?;
-        match &mut watcher {
-            // The timeout is only a safety net against a lost notification.
-            Some(w) => {
-                w.wait_timeout(Duration::from_secs(1));
+        if !args.follow && (caught_up || !asynchronous) {
+            let gaps: u64 = readers.iter().map(PartitionInput::gaps).sum();
+            if gaps > 0 {
+                eprintln!("consume: repaired {gaps} gaps in Fluvio's consumer stream");
             }
-            None => return Ok(()),
+            return Ok(());
+        }
+        // The timeout is only a safety net against a lost notification.
+        if let Some(w) = &wakeup {
+            w.wait_timeout(Duration::from_secs(1));
         }
     }
 }
@@ -962,18 +1050,18 @@ fn consume(log: &Log, args: ConsumeArgs) -> anyhow::Result<()> {
 fn print_record(
     out: &mut impl Write,
     partition: u32,
-    rec: &crate::log::Record,
+    rec: &crate::source::RecordRef<'_>,
     meta: bool,
     pretty: bool,
 ) -> anyhow::Result<()> {
     if !meta && !pretty {
-        out.write_all(&rec.value)?;
+        out.write_all(rec.value)?;
         out.write_all(b"\n")?;
         return Ok(());
     }
-    let value = match serde_json::from_slice::<serde_json::Value>(&rec.value) {
+    let value = match serde_json::from_slice::<serde_json::Value>(rec.value) {
         Ok(v) => v,
-        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&rec.value).into_owned()),
+        Err(_) => serde_json::Value::String(String::from_utf8_lossy(rec.value).into_owned()),
     };
     let timestamp = chrono::DateTime::from_timestamp_millis(rec.timestamp_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
@@ -982,7 +1070,7 @@ fn print_record(
             "partition": partition,
             "offset": rec.offset,
             "timestamp": timestamp,
-            "key": rec.key.as_deref().map(String::from_utf8_lossy),
+            "key": rec.key.map(String::from_utf8_lossy),
             "value": value,
         })
     } else {
@@ -1053,7 +1141,7 @@ fn gen_partitions(specs: &[String], topics: &[&str]) -> Result<Vec<u32>, UsageEr
     Ok(counts)
 }
 
-fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
+fn generate(flags: &BrokerFlags, args: GenArgs) -> anyhow::Result<()> {
     let config = gen_config(&args);
     let mut generator = config
         .clone()
@@ -1130,11 +1218,12 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
             dir.display().to_string()
         }
         None => {
-            let log = Log::open(log_dir).context("opening the embedded log")?;
+            let backend = flags.tool_backend()?;
             let mut producers = Vec::new();
             for (t, &n) in topics.iter().zip(&partitions) {
-                log.create_topic(t, n)?;
-                producers.push(log.producer(t, WriterOptions::default())?);
+                let name = broker_topic_name(&backend, t);
+                backend.create_topic(&name, n)?;
+                producers.push(TopicProducer::open(&backend, &name)?);
             }
             // Live: every 10 ms of the schedule, what is due is appended and flushed.
             let step = args.rate.map(|r| (u64::from(r) / 100).max(1));
@@ -1170,7 +1259,7 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
             for p in &mut producers {
                 p.flush()?;
             }
-            log_dir.display().to_string()
+            backend.describe()
         }
     };
     let summary = generator.summary();
@@ -1181,6 +1270,15 @@ fn generate(log_dir: &std::path::Path, args: GenArgs) -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(summary)?);
     Ok(())
+}
+
+/// A generated topic's name on `backend`: Fluvio does not allow '.' in topic names, so
+/// there `page.viewed` is `page-viewed`.
+fn broker_topic_name(backend: &Backend, topic: &str) -> String {
+    match backend {
+        Backend::Embedded(_) => topic.to_owned(),
+        Backend::Fluvio(_) => topic.replace('.', "-"),
+    }
 }
 
 #[cfg(test)]

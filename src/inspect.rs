@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::engine::{Inspect, OpenItem, complete, interval, session, window};
 use crate::job::JobSnapshot;
-use crate::log::{Log, LogError};
+use crate::source::{Backend, SourceError};
 use crate::state::{StateError, StateStore};
 use crate::topology::{Correlation, Plan};
 
@@ -25,7 +25,7 @@ pub enum InspectError {
     #[error("inspect: {0}")]
     State(#[from] StateError),
     #[error("inspect: {0}")]
-    Log(#[from] LogError),
+    Source(#[from] SourceError),
 }
 
 /// What `braid inspect` reports (`--json` prints it as is).
@@ -78,15 +78,17 @@ pub struct Waiting {
     pub oldest: Open,
 }
 
-/// Reads `store` (of `plan`'s job) and, when given, the end offsets of `log`.
-pub fn inspect(plan: &Plan, store: &StateStore, log: Option<&Log>) -> Result<Report, InspectError> {
+/// Reads `store` (of `plan`'s job) and, when given, the end offsets of the sources.
+pub fn inspect(
+    plan: &Plan,
+    store: &StateStore,
+    backend: Option<&Backend>,
+) -> Result<Report, InspectError> {
     let snapshot = JobSnapshot::read(store)?;
     let mut positions = Vec::new();
     for ((topic, partition), next_offset) in store.positions()? {
-        let end_offset = match log {
-            Some(log) if log.topic(&topic).is_ok() => {
-                Some(log.partition_info(&topic, partition)?.end_offset)
-            }
+        let end_offset = match backend {
+            Some(b) if b.has_topic(&topic)? => Some(b.offsets(&topic, partition)?.1),
             _ => None,
         };
         positions.push(Position {

@@ -48,10 +48,12 @@ use crate::engine::{
     LinkConfig, Operator, Output, SessionConfig, SessionOperator, WindowConfig, WindowOperator,
 };
 use crate::fault::{CrashPoint, crash_point, fail_point, stall_point};
-use crate::log::{Log, LogError, PartitionReader, TailWatcher, partition_for_key};
+use crate::log::{LogError, partition_for_key};
 use crate::metrics::{Metrics, Telemetry};
 use crate::outbox::{OutKind, OutRecord, Outbox, OutboxError, SequenceCounters};
 use crate::replay::Range;
+use crate::sink::{ProducerOptions, Sink};
+use crate::source::{Assignment, Backend, PartitionInput, SourceError as ReadError};
 use crate::state::{
     Checkpoint, KeyWrites, OutboxEntry, Persist, StateError, StateOptions, StateStore, encode,
 };
@@ -69,6 +71,13 @@ pub enum JobError {
         #[source]
         source: LogError,
     },
+    #[error("job {job}: reading {backend}")]
+    Source {
+        job: String,
+        backend: String,
+        #[source]
+        source: Box<ReadError>,
+    },
     #[error("job {job}")]
     State {
         job: String,
@@ -81,10 +90,6 @@ pub enum JobError {
         #[source]
         source: Box<OutboxError>,
     },
-    #[error(
-        "job {job}: the {broker} broker is not available yet in this version (use kind = \"embedded\")"
-    )]
-    UnsupportedBroker { job: String, broker: &'static str },
     #[error("job {job}: {message}")]
     Operator { job: String, message: String },
     #[error(
@@ -98,6 +103,8 @@ pub enum JobError {
         position: u64,
         end: u64,
     },
+    #[error("job {job}: {message}")]
+    Assignment { job: String, message: String },
     #[error("job {job}: the {stage} stage stopped unexpectedly")]
     StageFailed { job: String, stage: &'static str },
 }
@@ -120,6 +127,10 @@ pub struct RunOptions {
     pub producer: Option<String>,
     /// Metrics and health to report into (`--metrics-addr`).
     pub telemetry: Option<Telemetry>,
+    /// Scale-out: read only these partitions of every source (`--instance`,
+    /// `--partitions`). The producer name then carries the assignment, so instances
+    /// never take each other's output records for their own.
+    pub assignment: Option<Assignment>,
 }
 
 /// What a run did.
@@ -297,6 +308,21 @@ enum Part {
     },
 }
 
+/// The Fluvio producer's batching, from the topology's broker.
+fn producer_options(plan: &Plan) -> ProducerOptions {
+    match &plan.broker {
+        Broker::Fluvio {
+            linger,
+            batch_bytes,
+            ..
+        } => ProducerOptions {
+            linger: *linger,
+            batch_bytes: usize::try_from(*batch_bytes).unwrap_or(usize::MAX),
+        },
+        Broker::Embedded { .. } => ProducerOptions::default(),
+    }
+}
+
 /// Events or records are sent in batches of about this many, to keep channel overhead off
 /// the per-event path.
 const BATCH: usize = 1024;
@@ -306,18 +332,20 @@ const CHANNEL_BATCHES: usize = 8;
 /// RocksDB (their state is read back when an event or a timer needs it).
 const CACHED_KEYS_PER_SHARD: usize = 1 << 20;
 
-/// Runs `plan` against the embedded log until the input ends (bounded) or `stop` is set.
-/// State lives in `plan.state`; a run resumes from the checkpoint it finds there.
+/// Runs `plan` against `backend` (the embedded log or a Fluvio cluster) until the input
+/// ends (bounded) or `stop` is set. State lives in `plan.state`; a run resumes from the
+/// checkpoint it finds there.
 pub fn run(
     plan: &Plan,
-    log: &Log,
+    backend: &Backend,
     opts: RunOptions,
     stop: &AtomicBool,
 ) -> Result<Summary, JobError> {
     let job = plan.name.clone();
-    let log_err = |source| JobError::Log {
+    let read_err = |source| JobError::Source {
         job: job.clone(),
-        source,
+        backend: backend.describe(),
+        source: Box::new(source),
     };
     let state_err = |source| JobError::State {
         job: job.clone(),
@@ -327,14 +355,20 @@ pub fn run(
         job: job.clone(),
         source: Box::new(source),
     };
-    if let Broker::Fluvio { .. } = plan.broker {
-        return Err(JobError::UnsupportedBroker {
-            job,
-            broker: "fluvio",
-        });
-    }
     // Fail on an unsupported kind or a bad configuration before touching any state.
     AnyOperator::build(plan)?;
+    if let Some(a) = &opts.assignment {
+        let counts = plan
+            .sources
+            .iter()
+            .map(|s| Ok((s.topic.clone(), backend.partitions(&s.topic)?)))
+            .collect::<Result<Vec<_>, ReadError>>()
+            .map_err(read_err)?;
+        a.check(&counts).map_err(|message| JobError::Assignment {
+            job: job.clone(),
+            message,
+        })?;
+    }
     let started = Instant::now();
     let shards = plan.shards.max(1);
 
@@ -361,7 +395,12 @@ pub fn run(
     let producer = if resumed && !snapshot.producer.is_empty() {
         snapshot.producer.clone()
     } else {
-        opts.producer.clone().unwrap_or_else(|| plan.name.clone())
+        opts.producer
+            .clone()
+            .unwrap_or_else(|| match &opts.assignment {
+                Some(a) => format!("{}/{}", plan.name, a.label()),
+                None => plan.name.clone(),
+            })
     };
     let outputs = vec![
         plan.output.journeys.clone(),
@@ -370,14 +409,16 @@ pub fn run(
     ];
 
     // Output topics are created when missing, with the first source's partition count.
-    let first = log.topic(&plan.sources[0].topic).map_err(log_err)?;
+    let first = backend
+        .partitions(&plan.sources[0].topic)
+        .map_err(read_err)?;
     for topic in [
         &plan.output.journeys,
         &plan.output.late,
         &plan.output.dead_letters,
     ] {
-        if log.topic(topic).is_err() {
-            log.create_topic(topic, first.partitions).map_err(log_err)?;
+        if !backend.has_topic(topic).map_err(read_err)? {
+            backend.create_topic(topic, first).map_err(read_err)?;
         }
     }
     let sequences: SequenceCounters = snapshot
@@ -387,7 +428,7 @@ pub fn run(
         .collect();
     let mut outbox = Outbox::new(
         &producer,
-        log,
+        Sink::new(backend, producer_options(plan)),
         [
             &plan.output.journeys,
             &plan.output.late,
@@ -467,8 +508,9 @@ pub fn run(
     }
     let source = SourceStage {
         plan,
-        log,
+        backend,
         bounded: opts.bounded || ends.is_some(),
+        assignment: opts.assignment.as_ref(),
         from: opts.range.as_ref().map(|r| &r.from),
         ends: ends.as_ref(),
         progress: opts.progress.as_deref(),
@@ -500,8 +542,8 @@ pub fn run(
     }
     let committed = committer.join();
     let source = source.map_err(|e| match e {
-        SourceError::Log(e) => log_err(e),
-        SourceError::Job(e) => *e,
+        StageError::Read(e) => read_err(e),
+        StageError::Job(e) => *e,
     })?;
     if let Some(e) = shard_error {
         return Err(e);
@@ -545,7 +587,9 @@ pub fn run(
 struct Input {
     id: PartitionId,
     topic: String,
-    reader: PartitionReader,
+    reader: PartitionInput,
+    /// Gaps of the reader's Fluvio stream already counted in the metrics.
+    gaps: u64,
     /// Bounded runs stop here.
     end: u64,
     done: bool,
@@ -577,7 +621,8 @@ const BOUNDED_READ_ATTEMPTS: u32 = 10;
 struct Retrying {
     topic: String,
     partition: u32,
-    dir: PathBuf,
+    /// To name an injected fault as the backend would.
+    backend: Backend,
     /// Set while reads fail: the failures so far and when to try next.
     failing: Option<(Backoff, Instant)>,
     /// Reads repeated after a failure, in all.
@@ -585,11 +630,11 @@ struct Retrying {
 }
 
 impl Retrying {
-    fn new(topic: &str, partition: u32, dir: PathBuf) -> Self {
+    fn new(topic: &str, partition: u32, backend: &Backend) -> Self {
         Retrying {
             topic: topic.to_owned(),
             partition,
-            dir,
+            backend: backend.clone(),
             failing: None,
             retries: 0,
         }
@@ -611,14 +656,12 @@ impl Retrying {
         &mut self,
         bounded: bool,
         telemetry: Option<&Telemetry>,
-        read: impl FnOnce() -> Result<T, LogError>,
-    ) -> Result<Option<T>, LogError> {
+        read: impl FnOnce() -> Result<T, ReadError>,
+    ) -> Result<Option<T>, ReadError> {
         let result = fail_point(CrashPoint::Read)
-            .map_err(|source| LogError::PartitionIo {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                path: self.dir.clone(),
-                source,
+            .map_err(|source| {
+                self.backend
+                    .injected_fault(&self.topic, self.partition, source)
             })
             .and_then(|()| read());
         let error = match result {
@@ -641,7 +684,7 @@ impl Retrying {
                 }
                 return Ok(Some(value));
             }
-            Err(e @ (LogError::Io { .. } | LogError::PartitionIo { .. })) => e,
+            Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
         let (backoff, at) = self
@@ -693,6 +736,7 @@ struct InputMetrics {
     lag: prometheus::IntGauge,
     watermark: prometheus::IntGauge,
     idle: prometheus::IntGauge,
+    gaps: prometheus::IntCounter,
 }
 
 impl InputMetrics {
@@ -707,18 +751,20 @@ impl InputMetrics {
             lag: m.lag.with_label_values(&labels),
             watermark: m.partition_watermark.with_label_values(&labels),
             idle: m.partition_idle.with_label_values(&labels),
+            gaps: m.source_gaps.with_label_values(&labels),
         }
     }
 }
 
-enum SourceError {
-    Log(LogError),
+/// Why the source stage stopped.
+enum StageError {
+    Read(ReadError),
     Job(Box<JobError>),
 }
 
-impl From<LogError> for SourceError {
-    fn from(e: LogError) -> Self {
-        SourceError::Log(e)
+impl From<ReadError> for StageError {
+    fn from(e: ReadError) -> Self {
+        StageError::Read(e)
     }
 }
 
@@ -732,8 +778,9 @@ struct SourceCounts {
 
 struct SourceStage<'a> {
     plan: &'a Plan,
-    log: &'a Log,
+    backend: &'a Backend,
     bounded: bool,
+    assignment: Option<&'a Assignment>,
     /// A replay's start and end offsets (start only where the checkpoint has none).
     from: Option<&'a BTreeMap<(String, u32), u64>>,
     ends: Option<&'a BTreeMap<(String, u32), u64>>,
@@ -792,23 +839,19 @@ impl SourceStage<'_> {
         self,
         store: &StateStore,
         snapshot: Option<&JobSnapshot>,
-    ) -> Result<SourceCounts, SourceError> {
+    ) -> Result<SourceCounts, StageError> {
         let plan = self.plan;
-        let log = self.log;
+        let backend = self.backend;
         let bounded = self.bounded;
         let positions = store.positions().map_err(|source| {
-            SourceError::Job(Box::new(JobError::State {
+            StageError::Job(Box::new(JobError::State {
                 job: plan.name.clone(),
                 source,
             }))
         })?;
         let mut decoders = Vec::new();
         let mut inputs = Vec::new();
-        let mut watcher = if bounded {
-            None
-        } else {
-            Some(TailWatcher::new()?)
-        };
+        let mut watcher = backend.wakeup(!bounded)?;
         for (i, src) in plan.sources.iter().enumerate() {
             decoders.push(
                 DecoderConfig {
@@ -821,34 +864,31 @@ impl SourceStage<'_> {
                 }
                 .build(),
             );
-            let meta = log.topic(&src.topic)?;
-            for p in 0..meta.partitions {
-                let info = log.partition_info(&src.topic, p)?;
+            let partitions = backend.partitions(&src.topic)?;
+            for p in (0..partitions).filter(|&p| self.assignment.is_none_or(|a| a.contains(p))) {
+                let offsets = backend.offsets(&src.topic, p)?;
                 let key = (src.topic.clone(), p);
                 let end = self
                     .ends
                     .and_then(|e| e.get(&key).copied())
-                    .unwrap_or(info.end_offset);
+                    .unwrap_or(offsets.1);
                 let start = match positions.get(&key) {
-                    Some(&at) if at > info.end_offset => {
-                        return Err(SourceError::Job(Box::new(JobError::PositionBeyondEnd {
+                    Some(&at) if at > offsets.1 => {
+                        return Err(StageError::Job(Box::new(JobError::PositionBeyondEnd {
                             job: plan.name.clone(),
                             state: plan.state.clone(),
                             topic: src.topic.clone(),
                             partition: p,
                             position: at,
-                            end: info.end_offset,
+                            end: offsets.1,
                         })));
                     }
                     Some(&at) => at,
                     None => match self.from.and_then(|f| f.get(&key)) {
                         Some(&at) => at,
-                        None => log.resolve_start(&src.topic, &info, src.start)?,
+                        None => backend.resolve_start(&src.topic, p, offsets, src.start)?,
                     },
                 };
-                if let Some(w) = &mut watcher {
-                    w.watch(&log.partition_dir(&src.topic, p))?;
-                }
                 inputs.push(Input {
                     id: PartitionId {
                         source: i as u16,
@@ -856,10 +896,19 @@ impl SourceStage<'_> {
                     },
                     topic: src.topic.clone(),
                     reader: {
-                        let mut reader = log.reader(&src.topic, p, start)?;
-                        reader.limit_values(decoders[i].max_record_bytes());
+                        let mut reader = backend.reader(
+                            &src.topic,
+                            p,
+                            start,
+                            decoders[i].max_record_bytes(),
+                            watcher.as_mut(),
+                        )?;
+                        if bounded {
+                            reader.read_until(end);
+                        }
                         reader
                     },
+                    gaps: 0,
                     end,
                     done: false,
                     paused: false,
@@ -868,7 +917,7 @@ impl SourceStage<'_> {
                     metrics: self
                         .telemetry
                         .map(|t| InputMetrics::new(&t.metrics, &src.topic, p)),
-                    retry: Retrying::new(&src.topic, p, log.partition_dir(&src.topic, p)),
+                    retry: Retrying::new(&src.topic, p, backend),
                 });
             }
         }
@@ -1032,20 +1081,20 @@ impl SourceStage<'_> {
                         let reader = &mut input.reader;
                         let (topic, id) = (&input.topic, input.id);
                         let read = || {
-                            reader.read_before(max, horizon, |view, buf| {
+                            reader.read_before(max, horizon, |rec| {
                             n += 1;
-                            bytes += view.value_len as u64;
-                            let value = &buf[view.value.clone()];
-                            let decoded = if view.value_len > value.len() {
+                            bytes += rec.value_len as u64;
+                            let value = rec.value;
+                            let decoded = if rec.value_len > value.len() {
                                 // Read through, not buffered: only its prefix is here.
                                 Err(decoder.oversized(
                                     id.partition,
-                                    view.offset,
+                                    rec.offset,
                                     value,
-                                    view.value_len,
+                                    rec.value_len,
                                 ))
                             } else {
-                                decoder.decode(id.partition, view.offset, value)
+                                decoder.decode(id.partition, rec.offset, value)
                             };
                             match decoded {
                                 Ok(event) => {
@@ -1058,24 +1107,22 @@ impl SourceStage<'_> {
                                     tracing::debug!(
                                         topic = %topic,
                                         partition = id.partition,
-                                        offset = view.offset,
-                                        key = %String::from_utf8_lossy(view.key.clone().map_or(&[][..], |k| &buf[k])),
+                                        offset = rec.offset,
+                                        key = %String::from_utf8_lossy(rec.key.unwrap_or_default()),
                                         reason = %dl.reason,
                                         "dead letter"
                                     );
                                     dead_letters.note(|| RecordCoordinates {
                                         topic: topic.to_string(),
                                         partition: id.partition,
-                                        offset: view.offset,
-                                        key: String::from_utf8_lossy(
-                                            view.key.clone().map_or(&[][..], |k| &buf[k]),
-                                        )
-                                        .into_owned(),
+                                        offset: rec.offset,
+                                        key: String::from_utf8_lossy(rec.key.unwrap_or_default())
+                                            .into_owned(),
                                         reason: dl.reason.to_string(),
                                     });
                                     out.dead.push(OutRecord::new(
                                         OutKind::DeadLetter,
-                                        view.key.clone().map(|k| buf[k].to_vec()),
+                                        rec.key.map(<[u8]>::to_vec),
                                         dl.to_json(),
                                         now,
                                     ));
@@ -1143,11 +1190,14 @@ impl SourceStage<'_> {
                 }
                 for input in inputs.iter_mut() {
                     if refresh
-                        && let Ok(info) = log.partition_info(&input.topic, input.id.partition)
+                        && let Ok((_, end)) = backend.offsets(&input.topic, input.id.partition)
                     {
-                        input.end = info.end_offset;
+                        input.end = end;
                     }
                     if let Some(m) = &input.metrics {
+                        let gaps = input.reader.gaps();
+                        m.gaps
+                            .inc_by(gaps - std::mem::replace(&mut input.gaps, gaps));
                         m.records.inc_by(std::mem::take(&mut input.records));
                         m.bytes.inc_by(std::mem::take(&mut input.bytes));
                         let position = input.reader.position();
@@ -1223,12 +1273,12 @@ impl SourceStage<'_> {
                 // Every unfinished partition promised records up to its end offset and
                 // none is readable: waiting would never end.
                 let stuck = inputs.iter().find(|i| !i.done).expect("not all done");
-                return Err(SourceError::Log(LogError::Stalled {
+                return Err(StageError::Read(ReadError::Log(LogError::Stalled {
                     topic: stuck.topic.clone(),
                     partition: stuck.id.partition,
                     position: stuck.reader.position(),
                     end: stuck.end,
-                }));
+                })));
             }
             if !self.send(&mut out, 0) {
                 return Ok(counts);
@@ -1749,7 +1799,7 @@ fn committer_stage(
         );
         drop(tx);
         let published = publisher.join().unwrap_or_else(|_| {
-            Err(OutboxError::Log(LogError::Stalled {
+            Err(OutboxError::from(LogError::Stalled {
                 topic: "(publisher thread panicked)".into(),
                 partition: 0,
                 position: 0,
@@ -2007,35 +2057,43 @@ pub struct ScanSummary {
 /// The baseline of the benchmarks: reads every record of every source partition, from its
 /// start to the end offset present now, and parses its JSON into a `serde_json::Value` —
 /// the floor any JSON stream processor pays for the same input on this machine. One thread.
-pub fn scan(plan: &Plan, log: &Log) -> Result<ScanSummary, JobError> {
-    let log_err = |source| JobError::Log {
+pub fn scan(plan: &Plan, backend: &Backend) -> Result<ScanSummary, JobError> {
+    let read_err = |source| JobError::Source {
         job: plan.name.clone(),
-        source,
+        backend: backend.describe(),
+        source: Box::new(source),
     };
     let started = Instant::now();
     let mut summary = ScanSummary::default();
+    // A Fluvio stream delivers asynchronously: wait for its records rather than spin.
+    let mut wakeup = backend
+        .wakeup(matches!(backend, Backend::Fluvio(_)))
+        .map_err(read_err)?;
     for src in &plan.sources {
-        let meta = log.topic(&src.topic).map_err(log_err)?;
-        for p in 0..meta.partitions {
-            let info = log.partition_info(&src.topic, p).map_err(log_err)?;
-            let mut reader = log
-                .reader(&src.topic, p, info.start_offset)
-                .map_err(log_err)?;
-            while reader.position() < info.end_offset {
-                let max = (info.end_offset - reader.position()).min(BATCH as u64) as usize;
+        let partitions = backend.partitions(&src.topic).map_err(read_err)?;
+        for p in 0..partitions {
+            let (first, end) = backend.offsets(&src.topic, p).map_err(read_err)?;
+            let mut reader = backend
+                .reader(&src.topic, p, first, usize::MAX, wakeup.as_mut())
+                .map_err(read_err)?;
+            reader.read_until(end);
+            while reader.position() < end {
+                let max = (end - reader.position()).min(BATCH as u64) as usize;
                 let n = reader
-                    .read_into(max, |view, buf| {
-                        let value = &buf[view.value.clone()];
-                        summary.bytes += value.len() as u64;
-                        if serde_json::from_slice::<serde_json::Value>(value).is_err() {
+                    .read_before(max, i64::MAX, |rec| {
+                        summary.bytes += rec.value.len() as u64;
+                        if serde_json::from_slice::<serde_json::Value>(rec.value).is_err() {
                             summary.not_json += 1;
                         }
                     })
-                    .map_err(log_err)?;
-                if n == 0 {
-                    break;
-                }
+                    .map_err(read_err)?;
                 summary.records += n as u64;
+                if n == 0 {
+                    match &wakeup {
+                        Some(w) => w.wait_timeout(Duration::from_millis(100)),
+                        None => break,
+                    }
+                }
             }
         }
     }

@@ -10,17 +10,24 @@
 //! ```text
 //!  topology ──▶ plan
 //!                │
-//!  log (embedded broker) ──▶ source ──▶ decode ──▶ time ──▶ engine ──▶ outbox ──▶ sink
-//!                                        (JSON →   (water-  (operators:            (log /
-//!                                         event)    marks)   on_event,              Fluvio)
-//!                                                            on_watermark)
-//!                                                              │
-//!                                                            state (RocksDB)
+//!  log / fluvio ──▶ source ──▶ decode ──▶ time ──▶ engine ──▶ outbox ──▶ sink
+//!                               (JSON →   (water-  (operators:            (log /
+//!                                event)    marks)   on_event,              Fluvio)
+//!                                                   on_watermark)
+//!                                                     │
+//!                                                   state (RocksDB)
 //! ```
 //!
 //! - [`log`]: the embedded log, braid's single-machine broker: topics → partitions →
 //!   CRC-framed append-only segments with a sparse offset/time index, one writer per
 //!   partition, readers that follow the tail.
+//! - [`fluvio`]: the Fluvio connector (official `fluvio` crate): partition streams that
+//!   repair Fluvio's offset gaps, pinned producers, offsets and timestamp search.
+//! - [`source`]: the broker a job reads (embedded log or Fluvio) behind one interface:
+//!   partitions, offsets, start positions, readers that read by append-time slice, and
+//!   the instance's share of the partitions when a job is scaled out.
+//! - [`sink`]: appending output to a partition and reading output tails back, on either
+//!   broker; the tools' keyed producers.
 //! - [`topology`]: topology files → validated [`topology::Plan`]s, reporting every
 //!   problem at once with line, column, field and hint.
 //! - [`decode`]: one source record (JSON bytes) → an `Event` (key, event time, id, raw
@@ -52,12 +59,15 @@ pub mod datagen;
 pub mod decode;
 pub mod engine;
 pub mod fault;
+pub mod fluvio;
 pub mod inspect;
 pub mod job;
 pub mod log;
 pub mod metrics;
 pub mod outbox;
 pub mod replay;
+pub mod sink;
+pub mod source;
 pub mod state;
 pub mod time;
 pub mod topology;

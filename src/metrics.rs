@@ -67,6 +67,7 @@ pub struct Metrics {
     pub sink_errors: IntCounter,
     pub sink_retries: IntCounter,
     pub source_errors: IntCounterVec,
+    pub source_gaps: IntCounterVec,
     pub last_checkpoint_ms: IntGauge,
 }
 
@@ -213,6 +214,13 @@ impl Metrics {
                 Opts::new(
                     "source_errors_total",
                     "Failed reads of a source partition (each retried)"
+                ),
+                &part
+            )?),
+            source_gaps: register!(IntCounterVec::new(
+                Opts::new(
+                    "source_gaps_total",
+                    "Gaps in a Fluvio consumer stream, each repaired by re-reading from the first missing offset"
                 ),
                 &part
             )?),

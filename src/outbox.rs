@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::fault::{CrashPoint, crash_point, fail_point};
-use crate::log::{Log, LogError, PartitionWriter, WriterOptions, partition_for_key};
+use crate::log::{LogError, partition_for_key};
+use crate::sink::{Sink, SinkError};
 use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack};
 use crate::time::Backoff;
 
@@ -38,7 +39,7 @@ use crate::time::Backoff;
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("publishing output")]
-    Log(#[from] LogError),
+    Sink(#[from] SinkError),
     #[error("publishing output")]
     State(#[from] StateError),
     /// The committer's checkpoint write failed (it shares this error type with the
@@ -50,7 +51,7 @@ pub enum OutboxError {
         attempts: u32,
         waited_ms: u64,
         #[source]
-        source: LogError,
+        source: SinkError,
     },
     #[error(
         "state directory {dir}: outbox entry seq {seq} of output topic `{topic}` partition {partition} is corrupt ({reason}); restore the state directory or replay into a new one"
@@ -94,6 +95,12 @@ pub enum OutKind {
     Record(&'static str),
     Late,
     DeadLetter,
+}
+
+impl From<LogError> for OutboxError {
+    fn from(e: LogError) -> Self {
+        OutboxError::Sink(SinkError::Log(e))
+    }
 }
 
 impl OutKind {
@@ -162,11 +169,11 @@ pub struct Outbox {
     job: String,
     /// The job name as a JSON string, ready to stamp.
     job_json: String,
-    log: Log,
+    /// Absent in a placer (see [`Outbox::new_placer`]).
+    sink: Option<Sink>,
     /// Output topics by kind (journeys, late, dead letters) and their partition counts.
     topics: [(String, u32); 3],
     next_seq: SequenceCounters,
-    writers: BTreeMap<(String, u32), PartitionWriter>,
 }
 
 impl Outbox {
@@ -174,20 +181,19 @@ impl Outbox {
     /// `dead_letters`, continuing the sequence numbers of a checkpoint.
     pub fn new(
         job: &str,
-        log: &Log,
+        sink: Sink,
         [journeys, late, dead_letters]: [&str; 3],
         next_seq: SequenceCounters,
     ) -> Result<Self, OutboxError> {
         let topic = |name: &str| -> Result<(String, u32), OutboxError> {
-            Ok((name.to_owned(), log.topic(name)?.partitions))
+            Ok((name.to_owned(), sink.partitions(name)?))
         };
         Ok(Outbox {
             job: job.to_owned(),
             job_json: serde_json::to_string(job).expect("a string serializes"),
-            log: log.clone(),
             topics: [topic(journeys)?, topic(late)?, topic(dead_letters)?],
+            sink: Some(sink),
             next_seq,
-            writers: BTreeMap::new(),
         })
     }
 
@@ -197,10 +203,9 @@ impl Outbox {
         Outbox {
             job: other.job.clone(),
             job_json: other.job_json.clone(),
-            log: other.log.clone(),
+            sink: None,
             topics: other.topics.clone(),
             next_seq: other.next_seq.clone(),
-            writers: BTreeMap::new(),
         }
     }
 
@@ -250,11 +255,15 @@ impl Outbox {
                 .or_default()
                 .push(e);
         }
+        let sink = self.sink.as_mut().expect("a placer never publishes");
         for ((topic, partition), batch) in &by_partition {
-            let dir = self.log.partition_dir(topic, *partition);
-            let writer = self.writer(topic, *partition)?;
-            fail_point(CrashPoint::Publish).map_err(|source| LogError::Io { path: dir, source })?;
-            writer.append(batch.iter().map(|e| (e.key.as_deref(), e.value.as_slice())))?;
+            fail_point(CrashPoint::Publish)
+                .map_err(|source| sink.injected_fault(topic, *partition, source))?;
+            sink.append(
+                topic,
+                *partition,
+                batch.iter().map(|e| (e.key.as_deref(), e.value.as_slice())),
+            )?;
             crash_point(CrashPoint::Publish);
         }
         crash_point(CrashPoint::Ack);
@@ -276,7 +285,7 @@ impl Outbox {
         store: &StateStore,
         entries: &[OutboxEntry],
         retry_for: Duration,
-        mut on_retry: impl FnMut(&LogError, Duration),
+        mut on_retry: impl FnMut(&SinkError, Duration),
     ) -> Result<Published, OutboxError> {
         let started = Instant::now();
         let mut backoff = Backoff::default();
@@ -288,9 +297,7 @@ impl Outbox {
                         records: entries.len() as u64,
                     });
                 }
-                Err(OutboxError::Log(e @ (LogError::Io { .. } | LogError::PartitionIo { .. }))) => {
-                    e
-                }
+                Err(OutboxError::Sink(e)) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
             let delay = backoff.failed();
@@ -305,7 +312,9 @@ impl Outbox {
             on_retry(&failure, delay);
             std::thread::sleep(delay);
             // A writer whose append failed may hold a torn tail; a new one truncates it.
-            self.writers.clear();
+            if let Some(sink) = &mut self.sink {
+                sink.reset();
+            }
             remaining = Cow::Owned(self.unpublished(store, &remaining)?);
         }
     }
@@ -444,28 +453,21 @@ impl Outbox {
         topic: &str,
         partition: u32,
     ) -> Result<Option<(u64, u64)>, OutboxError> {
-        let info = self.log.partition_info(topic, partition)?;
+        let sink = self.sink.as_ref().expect("a placer never reads back");
+        let (start, mut end) = sink.offsets(topic, partition)?;
         let mut window = 16u64;
-        let mut end = info.end_offset;
-        while end > info.start_offset {
-            let from = end.saturating_sub(window).max(info.start_offset);
-            let mut reader = self.log.reader(topic, partition, from)?;
+        while end > start {
+            let from = end.saturating_sub(window).max(start);
             let mut found = None;
-            while reader.position() < end {
-                let max = (end - reader.position()).min(1024) as usize;
-                let n = reader.read_into(max, |view, buf| {
-                    if let Ok(Stamped {
-                        producer: Some(stamp),
-                    }) = serde_json::from_slice::<Stamped>(&buf[view.value.clone()])
-                        && stamp.job == self.job
-                    {
-                        found = Some((stamp.seq, view.offset));
-                    }
-                })?;
-                if n == 0 {
-                    break;
+            sink.read(topic, partition, from, end, |offset, value| {
+                if let Ok(Stamped {
+                    producer: Some(stamp),
+                }) = serde_json::from_slice::<Stamped>(value)
+                    && stamp.job == self.job
+                {
+                    found = Some((stamp.seq, offset));
                 }
-            }
+            })?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -473,17 +475,6 @@ impl Outbox {
             window = window.saturating_mul(4);
         }
         Ok(None)
-    }
-
-    fn writer(&mut self, topic: &str, partition: u32) -> Result<&mut PartitionWriter, LogError> {
-        let key = (topic.to_owned(), partition);
-        if !self.writers.contains_key(&key) {
-            let w = self
-                .log
-                .writer(topic, partition, WriterOptions::default())?;
-            self.writers.insert(key.clone(), w);
-        }
-        Ok(self.writers.get_mut(&key).expect("inserted above"))
     }
 }
 
@@ -504,8 +495,14 @@ fn stamp(value: &mut Vec<u8>, job_json: &str, seq: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::{Log, WriterOptions};
+    use crate::source::Backend;
     use crate::state::{Checkpoint, StateOptions};
     use tempfile::TempDir;
+
+    fn sink(log: &Log) -> Sink {
+        Sink::new(&Backend::Embedded(log.clone()), Default::default())
+    }
 
     fn setup() -> (TempDir, Log, StateStore) {
         let dir = TempDir::new().unwrap();
@@ -554,8 +551,13 @@ mod tests {
     #[test]
     fn stamps_and_numbers_per_partition() {
         let (_d, log, _store) = setup();
-        let mut ob =
-            Outbox::new("job \"x\"", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut ob = Outbox::new(
+            "job \"x\"",
+            sink(&log),
+            ["j", "l", "d"],
+            SequenceCounters::new(),
+        )
+        .unwrap();
         let a = ob.place(record(OutKind::Journey, "k", 1));
         let b = ob.place(record(OutKind::Journey, "k", 2));
         let c = ob.place(record(OutKind::Late, "k", 3));
@@ -577,7 +579,8 @@ mod tests {
     #[test]
     fn recovery_republishes_only_what_is_missing() {
         let (_d, log, store) = setup();
-        let mut ob = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut ob =
+            Outbox::new("job", sink(&log), ["j", "l", "d"], SequenceCounters::new()).unwrap();
         let entries: Vec<OutboxEntry> = (0..10)
             .map(|n| ob.place(record(OutKind::Journey, &format!("k{}", n % 3), n)))
             .collect();
@@ -597,7 +600,8 @@ mod tests {
             .unwrap();
         drop(w);
 
-        let mut again = Outbox::new("job", &log, ["j", "l", "d"], ob.counters().clone()).unwrap();
+        let mut again =
+            Outbox::new("job", sink(&log), ["j", "l", "d"], ob.counters().clone()).unwrap();
         let n = again.recover(&store, false).unwrap();
         assert_eq!(n as usize, entries.len() - half.len());
         let mut ns: Vec<i64> = published(&log, "j")
@@ -609,7 +613,7 @@ mod tests {
         assert_eq!(store.outbox().count(), 0);
         // Nothing left to do the second time.
         let mut third =
-            Outbox::new("job", &log, ["j", "l", "d"], again.counters().clone()).unwrap();
+            Outbox::new("job", sink(&log), ["j", "l", "d"], again.counters().clone()).unwrap();
         assert_eq!(third.recover(&store, false).unwrap(), 0);
         assert_eq!(published(&log, "j").len(), 10);
     }
@@ -617,7 +621,8 @@ mod tests {
     #[test]
     fn a_foreign_sequence_or_a_lost_state_is_an_error() {
         let (d, log, store) = setup();
-        let mut ob = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut ob =
+            Outbox::new("job", sink(&log), ["j", "l", "d"], SequenceCounters::new()).unwrap();
         let e = ob.place(record(OutKind::Journey, "k", 1));
         commit(&store, std::slice::from_ref(&e));
         ob.publish(&store, std::slice::from_ref(&e)).unwrap();
@@ -633,7 +638,7 @@ mod tests {
         )])
         .unwrap();
         drop(w);
-        let mut again = Outbox::new("job", &log, ["j", "l", "d"], counters).unwrap();
+        let mut again = Outbox::new("job", sink(&log), ["j", "l", "d"], counters).unwrap();
         assert_eq!(
             again.recover(&store, false).unwrap_err().to_string(),
             format!(
@@ -642,7 +647,8 @@ mod tests {
             )
         );
         let fresh = StateStore::open(&d.path().join("fresh"), 7, StateOptions::default()).unwrap();
-        let mut new = Outbox::new("job", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut new =
+            Outbox::new("job", sink(&log), ["j", "l", "d"], SequenceCounters::new()).unwrap();
         assert_eq!(
             new.recover(&fresh, true).unwrap_err().to_string(),
             format!(
@@ -652,8 +658,13 @@ mod tests {
             )
         );
         // Other jobs' records are not ours.
-        let mut other =
-            Outbox::new("other", &log, ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut other = Outbox::new(
+            "other",
+            sink(&log),
+            ["j", "l", "d"],
+            SequenceCounters::new(),
+        )
+        .unwrap();
         assert_eq!(other.recover(&fresh, true).unwrap(), 0);
     }
 }

@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{Log, LogError};
+use crate::source::{Backend, SourceError};
 use crate::topology::{Plan, StartPosition};
 
 /// A position for all sources (`POS`), one topic (`topic=POS`) or one partition
@@ -72,7 +72,7 @@ pub enum ReplayError {
     )]
     LiveOutput { topic: String },
     #[error("replay")]
-    Log(#[from] LogError),
+    Source(#[from] SourceError),
 }
 
 impl FromStr for PositionSpec {
@@ -138,31 +138,30 @@ impl Range {
     }
 }
 
-/// Resolves `--from` and `--to` specs against the log: the most specific spec wins
-/// (partition over topic over all sources); `to` defaults to the end offsets now.
+/// Resolves `--from` and `--to` specs against the source topics: the most specific spec
+/// wins (partition over topic over all sources); `to` defaults to the end offsets now.
 pub fn resolve(
     plan: &Plan,
-    log: &Log,
+    backend: &Backend,
     from: &[PositionSpec],
     to: &[PositionSpec],
 ) -> Result<Range, ReplayError> {
-    check_specs(plan, log, "--from", from)?;
-    check_specs(plan, log, "--to", to)?;
+    check_specs(plan, backend, "--from", from)?;
+    check_specs(plan, backend, "--to", to)?;
     let mut range = Range::default();
     for src in &plan.sources {
-        let meta = log.topic(&src.topic)?;
-        for p in 0..meta.partitions {
-            let info = log.partition_info(&src.topic, p)?;
-            let resolve = |specs: &[PositionSpec], default: u64| -> Result<u64, LogError> {
+        for p in 0..backend.partitions(&src.topic)? {
+            let (first, last) = backend.offsets(&src.topic, p)?;
+            let resolve = |specs: &[PositionSpec], default: u64| -> Result<u64, SourceError> {
                 match most_specific(specs, &src.topic, p) {
                     None => Ok(default),
-                    Some(pos) => Ok(log
-                        .resolve_start(&src.topic, &info, pos)?
-                        .clamp(info.start_offset, info.end_offset)),
+                    Some(pos) => Ok(backend
+                        .resolve_start(&src.topic, p, (first, last), pos)?
+                        .clamp(first, last)),
                 }
             };
-            let start = resolve(from, info.start_offset)?;
-            let end = resolve(to, info.end_offset)?;
+            let start = resolve(from, first)?;
+            let end = resolve(to, last)?;
             if start > end {
                 return Err(ReplayError::Inverted {
                     topic: src.topic.clone(),
@@ -201,7 +200,7 @@ fn most_specific(specs: &[PositionSpec], topic: &str, partition: u32) -> Option<
 
 fn check_specs(
     plan: &Plan,
-    log: &Log,
+    backend: &Backend,
     flag: &'static str,
     specs: &[PositionSpec],
 ) -> Result<(), ReplayError> {
@@ -222,7 +221,7 @@ fn check_specs(
             });
         }
         if let Some(p) = spec.partition {
-            let partitions = log.topic(topic)?.partitions;
+            let partitions = backend.partitions(topic)?;
             if p >= partitions {
                 return Err(ReplayError::UnknownPartition {
                     flag,

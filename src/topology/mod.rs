@@ -109,6 +109,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Plan, TopologyErrors> {
 
 #[cfg(test)]
 mod tests {
+    use super::validate::{DEFAULT_FLUVIO_BATCH_BYTES, DEFAULT_FLUVIO_LINGER};
     use super::*;
     use std::time::Duration;
 
@@ -298,7 +299,9 @@ max_records = 10000
         assert_eq!(
             plan.broker,
             Broker::Fluvio {
-                endpoint: Some("fluvio.internal:9003".into())
+                endpoint: Some("fluvio.internal:9003".into()),
+                linger: Duration::from_millis(10),
+                batch_bytes: 1 << 20,
             }
         );
         assert_eq!(plan.state, Path::new("/var/lib/braid/orders"));
@@ -863,7 +866,14 @@ type = "left"
             "t.toml:5:9: source[0].topic: invalid topic name \"page.viewed\": it contains '.', which Fluvio does not allow in topic names (hint: on Fluvio, use lowercase letters, digits and '-' (not first or last), at most 63 characters, e.g. \"page-viewed\")"
         );
         let plan = parse(&on_fluvio.replace(".", "-"), FILE).unwrap();
-        assert_eq!(plan.broker, Broker::Fluvio { endpoint: None });
+        assert_eq!(
+            plan.broker,
+            Broker::Fluvio {
+                endpoint: None,
+                linger: DEFAULT_FLUVIO_LINGER,
+                batch_bytes: DEFAULT_FLUVIO_BATCH_BYTES,
+            }
+        );
     }
 
     #[test]

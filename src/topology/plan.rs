@@ -54,7 +54,14 @@ pub enum Broker {
     /// braid's own log in a directory (relative to the working directory).
     Embedded { path: PathBuf },
     /// A Fluvio cluster; `None` uses the current Fluvio profile.
-    Fluvio { endpoint: Option<String> },
+    Fluvio {
+        endpoint: Option<String>,
+        /// How long braid's producer waits to fill a batch.
+        #[serde(with = "human_serde")]
+        linger: Duration,
+        /// A producer batch's size in bytes.
+        batch_bytes: u64,
+    },
 }
 
 /// One input topic and where its records keep the key, event time and event id.
@@ -366,11 +373,23 @@ impl Plan {
             Broker::Embedded { path } => {
                 writeln!(out, "  broker      embedded log in {}", path.display())?;
             }
-            Broker::Fluvio { endpoint: Some(e) } => writeln!(out, "  broker      Fluvio at {e}")?,
-            Broker::Fluvio { endpoint: None } => {
+            Broker::Fluvio {
+                endpoint,
+                linger,
+                batch_bytes,
+            } => {
+                match endpoint {
+                    Some(e) => writeln!(out, "  broker      Fluvio at {e}")?,
+                    None => writeln!(
+                        out,
+                        "  broker      Fluvio (endpoint of the current Fluvio profile)"
+                    )?,
+                }
                 writeln!(
                     out,
-                    "  broker      Fluvio (endpoint of the current Fluvio profile)"
+                    "              producer batches of {} or {} linger",
+                    Bytes(*batch_bytes),
+                    Human(*linger)
                 )?;
             }
         }

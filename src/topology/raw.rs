@@ -100,6 +100,8 @@ pub(crate) const BROKER: &[Field] = &[
     field("kind", KIND),
     field("path", Expect::Text(Text::Path)),
     field("endpoint", Expect::Text(Text::Endpoint)),
+    field("linger", DURATION),
+    field("batch_bytes", Size),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +110,8 @@ pub(crate) struct RawBroker {
     pub(crate) kind: Option<Spanned<String>>,
     pub(crate) path: Option<Spanned<String>>,
     pub(crate) endpoint: Option<Spanned<String>>,
+    pub(crate) linger: Option<Spanned<String>>,
+    pub(crate) batch_bytes: Option<Spanned<RawSize>>,
 }
 
 pub(crate) const SOURCE: &[Field] = &[

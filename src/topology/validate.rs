@@ -42,6 +42,10 @@ const DEFAULT_OUT_OF_ORDERNESS: Duration = Duration::from_secs(5);
 const DEFAULT_GRACE: Duration = Duration::ZERO;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Fluvio producer batching: a batch goes out when it holds this many bytes or has
+/// waited this long (the outbox flushes at every publication anyway).
+pub(crate) const DEFAULT_FLUVIO_LINGER: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_FLUVIO_BATCH_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_EVENTS_PER_WINDOW: u64 = 100_000;
 const MAX_MAX_EVENTS_PER_WINDOW: u64 = 100_000_000;
@@ -315,35 +319,56 @@ fn validate_broker(broker: Option<&Spanned<RawBroker>>, d: &mut Diagnostics<'_>)
         );
         return None;
     };
-    let not_for = |field: &Option<Spanned<String>>, name: &str, d: &mut Diagnostics<'_>| {
-        if let Some(value) = field {
+    let not_for = |span: Option<Range<usize>>, name: &str, d: &mut Diagnostics<'_>| {
+        if let Some(span) = span {
             d.report(
-                value.span(),
+                span,
                 format!("broker.{name}"),
                 format!("does not apply to broker kind {}", quoted(kind.get_ref())),
                 Some(match kind.get_ref().as_str() {
                     "embedded" => "an embedded broker takes: path".to_owned(),
-                    _ => "a fluvio broker takes: endpoint".to_owned(),
+                    _ => "a fluvio broker takes: endpoint, linger, batch_bytes".to_owned(),
                 }),
             );
         }
     };
     match kind.get_ref().as_str() {
         "embedded" => {
-            not_for(&b.endpoint, "endpoint", d);
+            let fluvio_only = [
+                (b.endpoint.as_ref().map(Spanned::span), "endpoint"),
+                (b.linger.as_ref().map(Spanned::span), "linger"),
+                (b.batch_bytes.as_ref().map(Spanned::span), "batch_bytes"),
+            ];
+            let clean = fluvio_only.iter().all(|(span, _)| span.is_none());
+            for (span, name) in fluvio_only {
+                not_for(span, name, d);
+            }
             let path = match &b.path {
                 Some(path) => directory(path, "broker.path", "the log directory", d)?,
                 None => PathBuf::from(DEFAULT_BROKER_PATH),
             };
-            (b.endpoint.is_none()).then_some(Broker::Embedded { path })
+            clean.then_some(Broker::Embedded { path })
         }
         "fluvio" => {
-            not_for(&b.path, "path", d);
-            let endpoint = match &b.endpoint {
-                Some(endpoint) => Some(check_endpoint(endpoint, d)?),
+            not_for(b.path.as_ref().map(Spanned::span), "path", d);
+            let endpoint = b.endpoint.as_ref().map(|e| check_endpoint(e, d));
+            let linger = duration_or(b.linger.as_ref(), "broker.linger", DEFAULT_FLUVIO_LINGER, d);
+            let batch_bytes = validate_size(
+                b.batch_bytes.as_ref(),
+                "broker.batch_bytes",
+                DEFAULT_FLUVIO_BATCH_BYTES,
+                1024..=(256 << 20),
+                d,
+            );
+            let endpoint = match endpoint {
+                Some(e) => Some(e?),
                 None => None,
             };
-            (b.path.is_none()).then_some(Broker::Fluvio { endpoint })
+            (b.path.is_none()).then_some(Broker::Fluvio {
+                endpoint,
+                linger: linger?,
+                batch_bytes: batch_bytes?,
+            })
         }
         other => {
             let hint = match closest(other, &BROKER_KINDS) {
