@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use ::fluvio::consumer::{ConsumerConfigExtBuilder, Record, RetryMode};
+use ::fluvio::consumer::{ConsumerConfigExtBuilder, OffsetManagementStrategy, Record, RetryMode};
 use ::fluvio::metadata::topic::TopicSpec;
 use ::fluvio::{
     Fluvio, FluvioClusterConfig, Offset, TopicProducerConfigBuilder, TopicProducerPool,
@@ -115,6 +115,19 @@ impl std::fmt::Debug for Cluster {
             .field("endpoint", &self.endpoint)
             .finish()
     }
+}
+
+/// The Fluvio consumer name of a braid job: its producer name with every character
+/// outside `a-z 0-9 -` as `-` (`customer-journey/instance-0-of-2` →
+/// `customer-journey-instance-0-of-2`).
+pub fn consumer_name(job: &str) -> String {
+    job.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
 }
 
 /// A record read from Fluvio, owned (its bytes are shared with the fetch response).
@@ -249,16 +262,26 @@ impl Cluster {
             admin
                 .create(name, false, TopicSpec::new_computed(partitions, 1, None))
                 .await
-        })?;
-        created.map_err(|e| self.topic_error(topic, format!("creating it: {e:#}")))?;
-        // The SC answers before the SPU has the replicas: wait until they can be read.
+        });
+        match created {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if format!("{e:#}").contains("exists") => {}
+            Ok(Err(e)) => return Err(self.topic_error(topic, format!("creating it: {e:#}"))),
+            // A busy SC can answer late; the topic may still come: wait for it below.
+            Err(FluvioError::Timeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // The SC answers before the SPU has the replicas: wait until every partition can
+        // be read.
+        let deadline = std::time::Instant::now() + 3 * CALL_TIMEOUT;
         for p in 0..partitions {
-            let mut tries = 0;
             loop {
-                match self.read_range(topic, p, 0, 1) {
+                let ready = self
+                    .partitions(topic)
+                    .and_then(|_| self.read_range(topic, p, 0, 1));
+                match ready {
                     Ok(_) => break,
-                    Err(_) if tries < 50 => {
-                        tries += 1;
+                    Err(_) if std::time::Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     Err(e) => return Err(e),
@@ -277,6 +300,24 @@ impl Cluster {
             admin.delete::<TopicSpec>(name).await
         })?;
         deleted.map_err(|e| self.topic_error(topic, format!("deleting it: {e:#}")))
+    }
+
+    /// The Fluvio consumer offsets `consumer` holds: (topic, partition, offset of the last
+    /// record it committed), as `fluvio consumer list` shows them.
+    pub fn consumer_offsets(&self, consumer: &str) -> Result<Vec<(String, u32, i64)>, FluvioError> {
+        let client = Arc::clone(&self.client);
+        let listed = self.call(|| "listing consumer offsets".to_owned(), async move {
+            client.consumer_offsets().await
+        })?;
+        let listed = listed.map_err(|e| FluvioError::Connect {
+            endpoint: self.endpoint.clone(),
+            message: format!("listing consumer offsets: {e:#}"),
+        })?;
+        Ok(listed
+            .into_iter()
+            .filter(|c| c.consumer_id == consumer)
+            .map(|c| (c.topic, c.partition, c.offset))
+            .collect())
     }
 
     /// Up to `max` records of a partition from offset `from`, as far as the partition
@@ -325,14 +366,19 @@ impl Cluster {
         read.map_err(|e| self.partition_error(topic, partition, format!("{e:#}")))
     }
 
+    /// The partition's end offset: the offset the next record will get (one probe).
+    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, FluvioError> {
+        let last = self.read_at(topic, partition, Offset::from_end(1), 1)?;
+        Ok(last.first().map_or(0, |r| r.offset() as u64 + 1))
+    }
+
     /// The partition's first and end offsets (the end: the offset the next record will
     /// get).
     pub fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), FluvioError> {
-        let last = self.read_at(topic, partition, Offset::from_end(1), 1)?;
-        let Some(last) = last.first() else {
+        let end = self.end_offset(topic, partition)?;
+        if end == 0 {
             return Ok((0, 0));
-        };
-        let end = last.offset() as u64 + 1;
+        }
         let first = self.read_at(topic, partition, Offset::beginning(), 1)?;
         let start = first.first().map_or(end, |r| r.offset() as u64);
         Ok((start, end))
@@ -360,17 +406,22 @@ impl Cluster {
     }
 
     /// Streams `topic` partition `partition` from offset `from`, waking `wake` whenever
-    /// records arrive.
+    /// records arrive. With a `consumer` name, the Fluvio client commits the stream's read
+    /// position as that consumer's offset every second (for `fluvio consumer list`; braid
+    /// itself resumes from its checkpoint, and the stored offset is deleted before the
+    /// stream opens, so it never decides where reading starts).
     pub fn stream(
         &self,
         topic: &str,
         partition: u32,
         from: u64,
         wake: Arc<Wake>,
+        consumer: Option<String>,
     ) -> PartitionStream {
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHANNEL);
         let gaps = Arc::new(AtomicU64::new(0));
         let task = StreamTask {
+            consumer,
             client: Arc::clone(&self.client),
             endpoint: self.endpoint.clone(),
             topic: topic.to_owned(),
@@ -628,6 +679,8 @@ fn offset_at(offset: u64) -> Offset {
 
 /// The task behind a [`PartitionStream`].
 struct StreamTask {
+    /// The Fluvio consumer whose offset the client commits.
+    consumer: Option<String>,
     client: Arc<Fluvio>,
     endpoint: String,
     topic: String,
@@ -661,11 +714,24 @@ impl StreamTask {
         // Re-opens in a row at the same offset because of a gap.
         let mut reopened_at: Option<(u64, u32)> = None;
         loop {
-            let config = ConsumerConfigExtBuilder::default()
+            let mut builder = ConsumerConfigExtBuilder::default();
+            builder
                 .topic(self.topic.clone())
                 .partition(self.partition)
-                .offset_start(offset_at(self.next))
-                .build();
+                .offset_start(offset_at(self.next));
+            if let Some(consumer) = &self.consumer {
+                // A stored offset would win over `offset_start`: braid's position is the
+                // truth, so the consumer starts afresh from it.
+                let _ = self
+                    .client
+                    .delete_consumer_offset(consumer.clone(), (self.topic.clone(), self.partition))
+                    .await;
+                builder
+                    .offset_consumer(consumer.clone())
+                    .offset_strategy(OffsetManagementStrategy::Auto)
+                    .offset_flush(Duration::from_secs(1));
+            }
+            let config = builder.build();
             let opened = match config {
                 Ok(c) => self.client.consumer_with_config(c).await,
                 Err(e) => Err(e),
@@ -784,6 +850,15 @@ mod tests {
                     == "Fluvio cluster at 127.0.0.1:9: connecting did not answer within 20 s",
             "{message}"
         );
+    }
+
+    #[test]
+    fn consumer_names_follow_fluvio_rules() {
+        assert_eq!(
+            consumer_name("customer-journey/instance-0-of-2"),
+            "customer-journey-instance-0-of-2"
+        );
+        assert_eq!(consumer_name("Orders_v2"), "orders-v2");
     }
 
     #[test]

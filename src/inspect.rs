@@ -88,7 +88,7 @@ pub fn inspect(
     let mut positions = Vec::new();
     for ((topic, partition), next_offset) in store.positions()? {
         let end_offset = match backend {
-            Some(b) if b.has_topic(&topic)? => Some(b.offsets(&topic, partition)?.1),
+            Some(b) if b.has_topic(&topic)? => Some(b.end_offset(&topic, partition)?),
             _ => None,
         };
         positions.push(Position {

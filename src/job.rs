@@ -460,6 +460,10 @@ pub fn run(
         .map(|((t, p), o)| (t.clone(), *p, *o))
         .collect();
     let committed = Arc::new(AtomicU64::new(snapshot.epoch));
+    let bounded = opts.bounded || ends.is_some();
+    // A live job's read positions are also Fluvio consumer offsets, under its producer
+    // name (a replay or bounded run is nobody's consumer).
+    let consumer = (!bounded).then(|| crate::fluvio::consumer_name(&producer));
     let telemetry = opts.telemetry.clone();
     let retry_for = plan.output.retry_for;
     let (commit_tx, commit_rx) = sync_channel::<ToCommitter>(CHANNEL_BATCHES * (shards + 1));
@@ -509,8 +513,9 @@ pub fn run(
     let source = SourceStage {
         plan,
         backend,
-        bounded: opts.bounded || ends.is_some(),
+        bounded,
         assignment: opts.assignment.as_ref(),
+        consumer: consumer.as_deref(),
         from: opts.range.as_ref().map(|r| &r.from),
         ends: ends.as_ref(),
         progress: opts.progress.as_deref(),
@@ -781,6 +786,8 @@ struct SourceStage<'a> {
     backend: &'a Backend,
     bounded: bool,
     assignment: Option<&'a Assignment>,
+    /// The Fluvio consumer name of a live job.
+    consumer: Option<&'a str>,
     /// A replay's start and end offsets (start only where the checkpoint has none).
     from: Option<&'a BTreeMap<(String, u32), u64>>,
     ends: Option<&'a BTreeMap<(String, u32), u64>>,
@@ -896,12 +903,13 @@ impl SourceStage<'_> {
                     },
                     topic: src.topic.clone(),
                     reader: {
-                        let mut reader = backend.reader(
+                        let mut reader = backend.consumer_reader(
                             &src.topic,
                             p,
                             start,
                             decoders[i].max_record_bytes(),
                             watcher.as_mut(),
+                            self.consumer,
                         )?;
                         if bounded {
                             reader.read_until(end);
@@ -1189,8 +1197,7 @@ impl SourceStage<'_> {
                     ends_refreshed = Instant::now();
                 }
                 for input in inputs.iter_mut() {
-                    if refresh
-                        && let Ok((_, end)) = backend.offsets(&input.topic, input.id.partition)
+                    if refresh && let Ok(end) = backend.end_offset(&input.topic, input.id.partition)
                     {
                         input.end = end;
                     }

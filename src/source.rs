@@ -141,6 +141,14 @@ impl Backend {
         })
     }
 
+    /// A partition's end offset (cheaper than [`Backend::offsets`] on Fluvio).
+    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, SourceError> {
+        Ok(match self {
+            Backend::Embedded(log) => log.partition_info(topic, partition)?.end_offset,
+            Backend::Fluvio(c) => c.end_offset(topic, partition)?,
+        })
+    }
+
     /// The offset `start` names in a partition whose offsets are `(first, end)`.
     pub fn resolve_start(
         &self,
@@ -182,6 +190,21 @@ impl Backend {
         value_limit: usize,
         wakeup: Option<&mut Wakeup>,
     ) -> Result<PartitionInput, SourceError> {
+        self.consumer_reader(topic, partition, from, value_limit, wakeup, None)
+    }
+
+    /// [`Backend::reader`] for a live job: on Fluvio its read position is also committed
+    /// as the offset of the Fluvio consumer `consumer`, so `fluvio consumer list` shows
+    /// its lag.
+    pub fn consumer_reader(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        value_limit: usize,
+        wakeup: Option<&mut Wakeup>,
+        consumer: Option<&str>,
+    ) -> Result<PartitionInput, SourceError> {
         Ok(match self {
             Backend::Embedded(log) => {
                 if let Some(Wakeup::Tail(w)) = wakeup {
@@ -196,7 +219,13 @@ impl Backend {
                     Some(Wakeup::Signal(w)) => Arc::clone(w),
                     _ => Arc::default(),
                 };
-                PartitionInput::Fluvio(Box::new(c.stream(topic, partition, from, wake)))
+                PartitionInput::Fluvio(Box::new(c.stream(
+                    topic,
+                    partition,
+                    from,
+                    wake,
+                    consumer.map(str::to_owned),
+                )))
             }
         })
     }

@@ -547,3 +547,79 @@ fn a_crash_between_publications_is_recovered_exactly_once_on_every_broker() {
         );
     }
 }
+
+/// A live job on Fluvio commits its read positions as the offsets of a Fluvio consumer
+/// named after the job, so `fluvio consumer list` shows its lag like any consumer's.
+#[test]
+fn a_live_job_on_fluvio_shows_as_a_fluvio_consumer() {
+    let Some(b) = brokers().into_iter().find(|b| b.name() == "fluvio") else {
+        eprintln!("fluvio: skipped (set BRAID_FLUVIO_ENDPOINT to run against a cluster)");
+        return;
+    };
+    let Broker::Fluvio { cluster, .. } = &b else {
+        unreachable!()
+    };
+    let data = tempfile::tempdir().unwrap();
+    let generated = braid()
+        .args([
+            "gen",
+            "--events",
+            "1000",
+            "--customers",
+            "50",
+            "--seed",
+            "3",
+        ])
+        .arg("--no-fulfilment")
+        .arg("--out-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = b.unique("live");
+    let (topology, topics) = journey_topology(&b, dir.path(), &prefix);
+    for t in &topics[..3] {
+        b.adopt(t);
+    }
+    produce_input(&b, data.path(), &topics);
+    let mut ends = BTreeMap::new();
+    for t in &topics[3..] {
+        for p in 0..2 {
+            ends.insert((t.clone(), p), cluster.end_offset(t, p).unwrap());
+        }
+    }
+    // The topology's job name, and so its consumer name.
+    let consumer = "customer-journey";
+    let mut run = b.braid();
+    run.arg("run")
+        .arg(&topology)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = run.spawn().unwrap();
+    // Checkpoints come every second; poll the cluster (it notifies nobody) for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let caught_up = loop {
+        let offsets = cluster.consumer_offsets(consumer).unwrap();
+        let all = ends.iter().all(|((t, p), end)| {
+            *end == 0
+                || offsets
+                    .iter()
+                    .any(|(ot, op, o)| ot == t && op == p && *o + 1 == *end as i64)
+        });
+        if all || std::time::Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(
+        caught_up,
+        "the consumer `{consumer}` reached every end offset {ends:?}"
+    );
+    assert!(status.success(), "a stopped live job exits 0");
+}

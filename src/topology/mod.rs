@@ -244,7 +244,7 @@ journeys = "customer.journey"
     fn every_field_set_explicitly() {
         let source = r#"
 name = "orders"
-broker = { kind = "fluvio", endpoint = "fluvio.internal:9003" }
+broker = { kind = "fluvio", endpoint = "fluvio.internal:9003", linger = "5ms", batch_bytes = "512KiB" }
 state = "/var/lib/braid/orders"
 shards = 3
 
@@ -300,8 +300,8 @@ max_records = 10000
             plan.broker,
             Broker::Fluvio {
                 endpoint: Some("fluvio.internal:9003".into()),
-                linger: Duration::from_millis(10),
-                batch_bytes: 1 << 20,
+                linger: Duration::from_millis(5),
+                batch_bytes: 512 << 10,
             }
         );
         assert_eq!(plan.state, Path::new("/var/lib/braid/orders"));
@@ -855,6 +855,25 @@ type = "left"
             [
                 "t.toml:2:42: broker.endpoint: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)"
             ]
+        );
+        assert_eq!(
+            problems(&with(
+                "name = \"journeys\"",
+                "name = \"journeys\"\nbroker = { kind = \"embedded\", linger = \"5ms\", batch_bytes = 10 }"
+            )),
+            [
+                "t.toml:2:40: broker.linger: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)",
+                "t.toml:2:63: broker.batch_bytes: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)"
+            ]
+        );
+        assert_eq!(
+            problems(&with(
+                "name = \"journeys\"",
+                "name = \"journeys\"\nbroker = { kind = \"fluvio\", linger = \"soon\", batch_bytes = 10 }"
+            ))
+            .len(),
+            2,
+            "both fields are checked"
         );
         // On Fluvio, topic names follow Fluvio's rule (the `name` module).
         let on_fluvio = with(
