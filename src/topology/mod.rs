@@ -863,7 +863,7 @@ type = "left"
             )),
             [
                 "t.toml:2:40: broker.linger: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)",
-                "t.toml:2:63: broker.batch_bytes: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)"
+                "t.toml:2:61: broker.batch_bytes: does not apply to broker kind \"embedded\" (hint: an embedded broker takes: path)"
             ]
         );
         assert_eq!(
