@@ -15,6 +15,8 @@
 //!   offset. Only when a re-opened stream starts past that offset three times in a row
 //!   (the records are gone, e.g. deleted by retention) does it go on, logging an error
 //!   that names the lost range.
+//!   A stream quiet for a few seconds while the partition holds records past its
+//!   position has stalled (seen after re-opens): it is re-opened the same way.
 //! - Keyed records go to the partition [`crate::log::partition_for_key`] names, which is
 //!   the rule of Fluvio's default partitioner (SipHash-2-4 of the key, modulo the
 //!   partition count), so braid's output and any Fluvio producer agree.
@@ -40,6 +42,8 @@ const STREAM_BATCH: usize = 1024;
 const STREAM_CHANNEL: usize = 8;
 /// Re-opens at the same offset after which a gap is taken as records that are gone.
 const GAP_REOPENS: u32 = 3;
+/// A stream quiet this long is checked against the partition's end offset.
+const STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// Why a Fluvio call failed. Every variant names the cluster, and the topic and
 /// partition where there is one.
@@ -429,6 +433,7 @@ impl Cluster {
             next: from,
             tx,
             wake,
+            stalls: Arc::clone(&gaps),
             gaps: Arc::clone(&gaps),
         };
         let task = self.runtime.spawn(task.run());
@@ -690,6 +695,9 @@ struct StreamTask {
     tx: tokio::sync::mpsc::Sender<Result<Vec<FluvioRecord>, FluvioError>>,
     wake: Arc<Wake>,
     gaps: Arc<AtomicU64>,
+    /// Stalls repaired (counted with the gaps: both are offsets the stream failed to
+    /// deliver).
+    stalls: Arc<AtomicU64>,
 }
 
 impl StreamTask {
@@ -700,6 +708,29 @@ impl StreamTask {
             partition: self.partition,
             message,
         }
+    }
+
+    /// The partition's end offset now, if the cluster answers.
+    async fn end_offset(&self) -> Option<u64> {
+        let config = ConsumerConfigExtBuilder::default()
+            .topic(self.topic.clone())
+            .partition(self.partition)
+            .offset_start(Offset::from_end(1))
+            .disable_continuous(true)
+            .retry_mode(RetryMode::Disabled)
+            .build()
+            .ok()?;
+        let probe = async {
+            let mut stream = self.client.consumer_with_config(config).await.ok()?;
+            match stream.next().await {
+                Some(Ok(r)) => Some(r.offset() as u64 + 1),
+                _ => Some(0),
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, probe)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Hands `batch` over; false when the reader is gone.
@@ -752,7 +783,24 @@ impl StreamTask {
             // continuous stream only ends when the connection does).
             loop {
                 let item = if batch.is_empty() {
-                    stream.next().await
+                    match tokio::time::timeout(STALL_CHECK, stream.next()).await {
+                        Ok(item) => item,
+                        Err(_) => {
+                            // Quiet for a while: fine at the tail, a stall if the
+                            // partition holds records past ours (seen after re-opens).
+                            if self.end_offset().await.is_some_and(|end| end > self.next) {
+                                self.stalls.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    topic = %self.topic,
+                                    partition = self.partition,
+                                    at = self.next,
+                                    "the Fluvio consumer stream stalled although the partition holds more records; re-opening it"
+                                );
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                 } else {
                     // Hand over what is here before waiting for more.
                     match futures_util::FutureExt::now_or_never(stream.next()) {

@@ -151,6 +151,26 @@ fn brokers() -> Vec<Broker> {
     out
 }
 
+/// `braid gen` journey events as JSON-lines files (one per topic) in a temporary
+/// directory.
+fn generate(events: u32, customers: u32, seed: u32) -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let generated = braid()
+        .args(["gen", "--no-fulfilment", "--out-dir"])
+        .arg(data.path())
+        .args([
+            "--events",
+            &events.to_string(),
+            "--customers",
+            &customers.to_string(),
+        ])
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    data
+}
+
 fn lines(n: usize, keys: usize) -> String {
     (0..n)
         .map(|i| format!("{{\"k\":\"key-{}\",\"n\":{i}}}\n", i % keys))
@@ -323,23 +343,7 @@ fn produce_input(b: &Broker, data: &std::path::Path, topics: &[String]) {
 #[test]
 fn the_journey_topology_gives_the_same_journeys_on_every_broker() {
     // One generated input, produced the same way (file by file) to every broker.
-    let data = tempfile::tempdir().unwrap();
-    let generated = braid()
-        .args([
-            "gen",
-            "--events",
-            "3000",
-            "--customers",
-            "150",
-            "--seed",
-            "7",
-        ])
-        .arg("--no-fulfilment")
-        .arg("--out-dir")
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", stderr(&generated));
+    let data = generate(3000, 150, 7);
     let mut results = Vec::new();
     for b in brokers() {
         let dir = tempfile::tempdir().unwrap();
@@ -479,23 +483,7 @@ fn output(b: &Broker, topic: &str, prefix: &str) -> (Vec<(u32, u64)>, Vec<String
 
 #[test]
 fn a_crash_between_publications_is_recovered_exactly_once_on_every_broker() {
-    let data = tempfile::tempdir().unwrap();
-    let generated = braid()
-        .args([
-            "gen",
-            "--events",
-            "2000",
-            "--customers",
-            "100",
-            "--seed",
-            "11",
-        ])
-        .arg("--no-fulfilment")
-        .arg("--out-dir")
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", stderr(&generated));
+    let data = generate(2000, 100, 11);
     for b in brokers() {
         let mut outputs = Vec::new();
         for crash in [None, Some("publish:1")] {
@@ -559,23 +547,7 @@ fn a_live_job_on_fluvio_shows_as_a_fluvio_consumer() {
     let Broker::Fluvio { cluster, .. } = &b else {
         unreachable!()
     };
-    let data = tempfile::tempdir().unwrap();
-    let generated = braid()
-        .args([
-            "gen",
-            "--events",
-            "1000",
-            "--customers",
-            "50",
-            "--seed",
-            "3",
-        ])
-        .arg("--no-fulfilment")
-        .arg("--out-dir")
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", stderr(&generated));
+    let data = generate(1000, 50, 3);
     let dir = tempfile::tempdir().unwrap();
     let prefix = b.unique("live");
     let (topology, topics) = journey_topology(&b, dir.path(), &prefix);
