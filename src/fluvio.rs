@@ -462,7 +462,8 @@ impl Cluster {
         let mut builder = TopicProducerConfigBuilder::default();
         builder
             .linger(options.linger)
-            .batch_size(options.batch_bytes);
+            .batch_size(options.batch_bytes)
+            .max_request_size(options.max_request_bytes());
         match partition {
             Some(p) => builder.set_specific_partitioner(p),
             None => builder.partitioner(Arc::new(crate::sink::BraidPartitioner::default())),

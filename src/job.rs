@@ -308,7 +308,8 @@ enum Part {
     },
 }
 
-/// The Fluvio producer's batching, from the topology's broker.
+/// The Fluvio producer's batching, from the topology's broker, and its request limit,
+/// from the largest output record.
 fn producer_options(plan: &Plan) -> ProducerOptions {
     match &plan.broker {
         Broker::Fluvio {
@@ -318,6 +319,8 @@ fn producer_options(plan: &Plan) -> ProducerOptions {
         } => ProducerOptions {
             linger: *linger,
             batch_bytes: usize::try_from(*batch_bytes).unwrap_or(usize::MAX),
+            max_record_bytes: usize::try_from(plan.limits.max_output_record_bytes)
+                .unwrap_or(usize::MAX),
         },
         Broker::Embedded { .. } => ProducerOptions::default(),
     }

@@ -53,6 +53,9 @@ impl From<SourceError> for SinkError {
 pub struct ProducerOptions {
     pub linger: Duration,
     pub batch_bytes: usize,
+    /// The largest record the producer must accept (`limits.max_output_record_bytes`):
+    /// Fluvio's producer refuses a record larger than its request size.
+    pub max_record_bytes: usize,
 }
 
 impl Default for ProducerOptions {
@@ -60,7 +63,17 @@ impl Default for ProducerOptions {
         ProducerOptions {
             linger: Duration::from_millis(10),
             batch_bytes: 1 << 20,
+            max_record_bytes: 4 << 20,
         }
+    }
+}
+
+impl ProducerOptions {
+    /// A producer request's size limit: a batch, or the largest record with room for
+    /// its framing.
+    pub fn max_request_bytes(&self) -> usize {
+        self.batch_bytes
+            .max(self.max_record_bytes.saturating_add(64 << 10))
     }
 }
 
