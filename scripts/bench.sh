@@ -41,12 +41,14 @@ echo "bench: generating $EVENTS journey events for $CUSTOMERS customers (seed $S
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { sed -n "s/.*\"$2\": *\([0-9.]*\).*/\1/p" "$1" | head -n 1; }
 
+# before_run: what each measured run starts from (no output topics, no state).
+before_run() { rm -rf "$LOG"/customer.journey* "$WORK/state"; }
 # measure NAME CMD...: runs CMD RUNS times; CMD writes its summary JSON to $WORK/summary.json.
 measure() {
   local name="$1"; shift
   : >"$WORK/$name.rates"; : >"$WORK/$name.rss"
   for i in $(seq "$RUNS"); do
-    rm -rf "$LOG"/customer.journey* "$WORK/state"
+    before_run
     /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
     local records millis
     records="$(field "$WORK/summary.json" records_in)"
@@ -95,29 +97,13 @@ drop_topics() {
 }
 drop_topics page-viewed cart-updated order-placed customer-journey customer-journey-late customer-journey-dlq
 "$BIN" --fluvio "$FLUVIO" gen --events "$EVENTS" --customers "$CUSTOMERS" --seed "$SEED" --no-fulfilment >"$WORK/fluvio-gen.json"
-# measure_fluvio NAME CMD...: as measure, with the job's output topics dropped before each run.
-measure_fluvio() {
-  local name="$1"; shift
-  : >"$WORK/$name.rates"; : >"$WORK/$name.rss"
-  for i in $(seq "$RUNS"); do
-    drop_topics customer-journey customer-journey-late customer-journey-dlq
-    rm -rf "$WORK/state"
-    /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
-    local records millis
-    records="$(field "$WORK/summary.json" records_in)"
-    [ -n "$records" ] || records="$(field "$WORK/summary.json" records)"
-    millis="$(field "$WORK/summary.json" millis)"
-    awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
-    tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
-  done
-  local rate rss
-  rate="$(median <"$WORK/$name.rates")"
-  rss="$(median <"$WORK/$name.rss")"
-  echo "$rate" >"$WORK/$name.median"
-  printf '%-22s %12s events/s   peak RSS %6d MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
+# On Fluvio a run starts without the job's output topics.
+before_run() {
+  drop_topics customer-journey customer-journey-late customer-journey-dlq
+  rm -rf "$WORK/state"
 }
-measure_fluvio fluvio-baseline "$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json"
-measure_fluvio fluvio-braid-default "$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY"
+measure fluvio-baseline "$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json"
+measure fluvio-braid-default "$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY"
 awk -v b="$(cat "$WORK/fluvio-baseline.median")" -v x="$(cat "$WORK/fluvio-braid-default.median")" \
   'BEGIN { printf "ratio fluvio-braid-default / fluvio-baseline: %.2f\n", x / b }'
 awk -v e="$(cat "$WORK/braid-default.median")" -v f="$(cat "$WORK/fluvio-braid-default.median")" \
