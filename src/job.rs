@@ -65,12 +65,6 @@ use crate::topology::{Broker, Correlation, Plan};
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("job {job}")]
-    Log {
-        job: String,
-        #[source]
-        source: LogError,
-    },
     #[error("job {job}: reading {backend}")]
     Source {
         job: String,
