@@ -595,3 +595,26 @@ fn a_live_job_on_fluvio_shows_as_a_fluvio_consumer() {
     );
     assert!(status.success(), "a stopped live job exits 0");
 }
+
+#[test]
+fn a_missing_source_topic_is_named() {
+    for b in brokers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topology, topics) = journey_topology(&b, dir.path(), &b.unique("none"));
+        let mut run = b.braid();
+        run.args(["run", "--bounded"]).arg(&topology);
+        let out = output_within(run, LIMIT);
+        assert!(!out.status.success(), "{}", b.name());
+        let err = stderr(&out);
+        match &b {
+            Broker::Fluvio { endpoint, .. } => assert!(
+                err.contains(&format!(
+                    "Fluvio cluster at {endpoint}: topic `{t}` does not exist (create it with `fluvio topic create {t} --partitions N`)",
+                    t = topics[3]
+                )),
+                "{err}"
+            ),
+            Broker::Embedded(_) => assert!(err.contains(&topics[3]), "{err}"),
+        }
+    }
+}
