@@ -990,7 +990,8 @@ fn consume(backend: &Backend, args: ConsumeArgs) -> anyhow::Result<()> {
     for &p in &partitions {
         let offsets = backend.offsets(&args.topic, p)?;
         let start = backend.resolve_start(&args.topic, p, offsets, args.from)?;
-        let mut reader = backend.reader(&args.topic, p, start, usize::MAX, wakeup.as_mut())?;
+        let mut reader =
+            backend.reader(&args.topic, p, start, usize::MAX, wakeup.as_mut(), None)?;
         if !args.follow {
             reader.read_until(offsets.1);
         }

@@ -433,7 +433,6 @@ impl Cluster {
             next: from,
             tx,
             wake,
-            stalls: Arc::clone(&gaps),
             gaps: Arc::clone(&gaps),
         };
         let task = self.runtime.spawn(task.run());
@@ -695,10 +694,8 @@ struct StreamTask {
     next: u64,
     tx: tokio::sync::mpsc::Sender<Result<Vec<FluvioRecord>, FluvioError>>,
     wake: Arc<Wake>,
+    /// Gaps and stalls repaired (both: offsets the stream failed to deliver).
     gaps: Arc<AtomicU64>,
-    /// Stalls repaired (counted with the gaps: both are offsets the stream failed to
-    /// deliver).
-    stalls: Arc<AtomicU64>,
 }
 
 impl StreamTask {
@@ -790,7 +787,7 @@ impl StreamTask {
                             // Quiet for a while: fine at the tail, a stall if the
                             // partition holds records past ours (seen after re-opens).
                             if self.end_offset().await.is_some_and(|end| end > self.next) {
-                                self.stalls.fetch_add(1, Ordering::Relaxed);
+                                self.gaps.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(
                                     topic = %self.topic,
                                     partition = self.partition,

@@ -900,7 +900,7 @@ impl SourceStage<'_> {
                     },
                     topic: src.topic.clone(),
                     reader: {
-                        let mut reader = backend.consumer_reader(
+                        let mut reader = backend.reader(
                             &src.topic,
                             p,
                             start,
@@ -2078,7 +2078,7 @@ pub fn scan(plan: &Plan, backend: &Backend) -> Result<ScanSummary, JobError> {
         for p in 0..partitions {
             let (first, end) = backend.offsets(&src.topic, p).map_err(read_err)?;
             let mut reader = backend
-                .reader(&src.topic, p, first, usize::MAX, wakeup.as_mut())
+                .reader(&src.topic, p, first, usize::MAX, wakeup.as_mut(), None)
                 .map_err(read_err)?;
             reader.read_until(end);
             while reader.position() < end {

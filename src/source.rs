@@ -181,22 +181,10 @@ impl Backend {
     }
 
     /// A reader of `topic` partition `partition` from `from`. Records with values over
-    /// `value_limit` bytes may be handed over with only a prefix of their value.
+    /// `value_limit` bytes may be handed over with only a prefix of their value. With a
+    /// `consumer` (a live job), a Fluvio reader's position is also committed as that
+    /// Fluvio consumer's offset, so `fluvio consumer list` shows its lag.
     pub fn reader(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        value_limit: usize,
-        wakeup: Option<&mut Wakeup>,
-    ) -> Result<PartitionInput, SourceError> {
-        self.consumer_reader(topic, partition, from, value_limit, wakeup, None)
-    }
-
-    /// [`Backend::reader`] for a live job: on Fluvio its read position is also committed
-    /// as the offset of the Fluvio consumer `consumer`, so `fluvio consumer list` shows
-    /// its lag.
-    pub fn consumer_reader(
         &self,
         topic: &str,
         partition: u32,
