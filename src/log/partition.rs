@@ -78,6 +78,9 @@ impl PartitionRef {
     }
 }
 
+/// Frame bytes buffered before a write system call within one append.
+const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
 /// The single writer of a partition.
 pub struct PartitionWriter {
     part: PartitionRef,
@@ -237,6 +240,12 @@ impl PartitionWriter {
             self.since_index += len as u64;
             self.next_offset += 1;
             self.last_timestamp = ts;
+            // A batch of many MB is written as it is encoded: the buffer stays small and
+            // warm instead of growing into fresh pages (a profile of the journey benchmark
+            // spent 3% of all CPU time zeroing them).
+            if self.frames.len() >= WRITE_CHUNK_BYTES {
+                self.write_pending()?;
+            }
         }
         self.write_pending()?;
         let due = match self.opts.fsync {
