@@ -822,7 +822,11 @@ impl SourceStage<'_> {
         let mut ok = true;
         for (tx, b) in self.shards.iter().zip(out.shards.iter_mut()) {
             if !b.is_empty() && b.len() >= min {
-                ok &= tx.send(std::mem::take(b)).is_ok();
+                // Sized for a whole batch: growing it by doubling from empty copied each
+                // batch several times over, into fresh pages.
+                ok &= tx
+                    .send(std::mem::replace(b, Vec::with_capacity(BATCH + 1)))
+                    .is_ok();
             }
         }
         if !out.dead.is_empty() && out.dead.len() >= min {
@@ -1621,7 +1625,7 @@ impl Shard {
             if records.len() >= BATCH {
                 let msg = ToCommitter::Records {
                     from: self.index,
-                    records: std::mem::take(&mut records),
+                    records: std::mem::replace(&mut records, Vec::with_capacity(BATCH)),
                 };
                 if self.out.send(msg).is_err() {
                     break;

@@ -441,12 +441,24 @@ impl WindowedRecord<'_> {
 
     /// `events` (all or a part's) with counts over all of `self.events`.
     fn render(&self, events: &[RecordEvent], part: Option<(usize, usize)>) -> Vec<u8> {
-        let payload_bytes: usize = if self.include_payload {
-            events.iter().map(|e| e.payload.len()).sum()
-        } else {
-            0
-        };
-        let mut out = Vec::with_capacity(160 + events.len() * 128 + payload_bytes);
+        // Sized so that neither rendering nor the outbox's stamp has to grow it: growing
+        // a journey of several KB copied it once or twice more, and every reallocation
+        // touched fresh memory.
+        let event_bytes: usize = events
+            .iter()
+            .map(|e| {
+                let topic = self.topics.get(usize::from(e.source)).map_or(8, |t| t.len());
+                let payload = if self.include_payload {
+                    e.payload.len()
+                } else {
+                    0
+                };
+                EVENT_JSON_FIXED + topic + e.id.as_ref().map_or(0, String::len) + payload
+            })
+            .sum();
+        let counts: usize = self.topics.iter().map(|t| t.len() + 24).sum();
+        let mut out =
+            Vec::with_capacity(RECORD_JSON_FIXED + self.key.len() + counts + event_bytes);
         out.extend_from_slice(b"{\"kind\":");
         push_json_str(&mut out, self.kind);
         out.extend_from_slice(b",\"id\":\"");
@@ -634,6 +646,13 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
+
+/// Bytes of an event's JSON besides its topic, id and payload, at most: the member
+/// names and punctuation, 30 digits of partition and offset, the quoted time.
+const EVENT_JSON_FIXED: usize = 120;
+/// Bytes of a record's JSON besides its key, counts and events, with room for the
+/// outbox's producer stamp (`,"producer":{"job":…,"seq":…}`) and a part marker.
+const RECORD_JSON_FIXED: usize = 512;
 
 /// Appends one event of a record: `{"topic","partition","offset","id","time"}` plus
 /// `"payload"` (the raw JSON object) when payloads are on.

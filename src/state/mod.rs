@@ -128,8 +128,32 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
 }
 
 /// Compresses a value for the store (LZ4 block, uncompressed size prepended).
+///
+/// Compressed into a per-thread buffer of the worst-case size, then copied out at its
+/// real size: compressing straight into a worst-case `Vec` left every packed value
+/// holding the capacity of its uncompressed size (a fifth of the journey benchmark's
+/// peak heap).
 pub fn pack(raw: &[u8]) -> Vec<u8> {
-    lz4_flex::block::compress_prepend_size(raw)
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let bound = 4 + lz4_flex::block::get_maximum_output_size(raw.len());
+        if scratch.len() < bound {
+            scratch.resize(bound, 0);
+        }
+        match lz4_flex::block::compress_into(raw, &mut scratch[4..bound]) {
+            Ok(n) => {
+                let mut packed = Vec::with_capacity(4 + n);
+                packed.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+                packed.extend_from_slice(&scratch[4..4 + n]);
+                packed
+            }
+            // Not expected with a worst-case buffer; the allocating path cannot fail.
+            Err(_) => lz4_flex::block::compress_prepend_size(raw),
+        }
+    })
 }
 
 /// Reverses [`pack`]. A declared size beyond what LZ4 can expand the input to is
