@@ -447,7 +447,10 @@ impl WindowedRecord<'_> {
         let event_bytes: usize = events
             .iter()
             .map(|e| {
-                let topic = self.topics.get(usize::from(e.source)).map_or(8, |t| t.len());
+                let topic = self
+                    .topics
+                    .get(usize::from(e.source))
+                    .map_or(8, |t| t.len());
                 let payload = if self.include_payload {
                     e.payload.len()
                 } else {
@@ -457,8 +460,7 @@ impl WindowedRecord<'_> {
             })
             .sum();
         let counts: usize = self.topics.iter().map(|t| t.len() + 24).sum();
-        let mut out =
-            Vec::with_capacity(RECORD_JSON_FIXED + self.key.len() + counts + event_bytes);
+        let mut out = Vec::with_capacity(RECORD_JSON_FIXED + self.key.len() + counts + event_bytes);
         out.extend_from_slice(b"{\"kind\":");
         push_json_str(&mut out, self.kind);
         out.extend_from_slice(b",\"id\":\"");

@@ -1179,24 +1179,22 @@ mod tests {
     #[test]
     fn operator_state_and_watermarks_round_trip() {
         use crate::engine::session::{EmittedSession, KeyState, OpenSession};
-        use crate::engine::{JourneyId, RecordEvent};
+        use crate::engine::{JourneyId, RecordEvent, fingerprint};
         use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
 
+        let event = RecordEvent {
+            source: 2,
+            partition: 7,
+            offset: u64::MAX,
+            time: -5,
+            id: Some("e\u{0}1".into()),
+            payload: r#"{"a":[1,2]}"#.into(),
+        };
+        let mut open = OpenSession::new(-5, event, Some(fingerprint(2, "e\u{0}1")));
+        open.last = 1_700_000_000_000;
+        open.dropped = 7;
         let mut state = KeyState {
-            open: vec![OpenSession {
-                first: -5,
-                last: 1_700_000_000_000,
-                events: vec![RecordEvent {
-                    source: 2,
-                    partition: 7,
-                    offset: u64::MAX,
-                    time: -5,
-                    id: Some("e\u{0}1".into()),
-                    payload: r#"{"a":[1,2]}"#.into(),
-                }],
-                dropped: 7,
-                stored: 0,
-            }],
+            open: vec![open],
             emitted: vec![EmittedSession {
                 first: 1,
                 last: 2,
