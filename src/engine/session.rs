@@ -73,8 +73,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
-    Checkpointed, FastSet, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent, Topics,
-    fingerprint,
+    Checkpointed, FastMap, FastSet, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent,
+    Topics, fingerprint,
 };
 use crate::decode::Event;
 use crate::state::{Persist, StateError, StateWriter};
@@ -206,6 +206,8 @@ impl SessionConfig {
             watermark: i64::MIN,
             cache: KeyCache::new(),
             closes: BTreeSet::new(),
+            stale: FastMap::default(),
+            stale_total: 0,
             expiries: BTreeSet::new(),
         })
     }
@@ -486,8 +488,18 @@ pub struct SessionOperator {
     watermark: i64,
     /// The keys' states, cached over the store.
     cache: KeyCache<KeyState>,
-    /// One per open session: (close deadline, key, first).
+    /// Close timers: (deadline, key, first). Every open session has exactly one whose
+    /// deadline is at most its close deadline: an event that moves the session's end
+    /// leaves its timer alone (moving it cost a tree removal and insertion per event),
+    /// and a timer taken early is set again at the session's real deadline, so sessions
+    /// still close in deadline order. A session whose start moves, or that is merged
+    /// into the one before it, leaves behind a *stale* timer, whose `first` starts no
+    /// session of the key; it is dropped when taken, always before the key's session
+    /// closes (its deadline is at most that session's).
     closes: BTreeSet<Timer>,
+    /// Stale close timers per key, and in all (so open windows are counted exactly).
+    stale: FastMap<Arc<str>, usize>,
+    stale_total: usize,
     /// One per remembered emitted session: (forget_after, key, first).
     expiries: BTreeSet<Timer>,
 }
@@ -556,10 +568,26 @@ impl SessionOperator {
     fn drop_timers(&mut self, key: &str) {
         self.closes.retain(|t| &*t.1 != key);
         self.expiries.retain(|t| &*t.1 != key);
+        if let Some(n) = self.stale.remove(key) {
+            self.stale_total -= n;
+        }
     }
 
-    fn close_at(&self, first: i64, last: i64) -> i64 {
-        close_deadline(self.gap, self.grace, self.max_span, first, last)
+    /// Notes that a close timer of `key` became stale (see [`SessionOperator::closes`]).
+    fn mark_stale(&mut self, key: &Arc<str>) {
+        *self.stale.entry(key.clone()).or_default() += 1;
+        self.stale_total += 1;
+    }
+
+    /// A stale close timer of `key` was taken.
+    fn stale_taken(&mut self, key: &str) {
+        if let Some(n) = self.stale.get_mut(key) {
+            *n -= 1;
+            self.stale_total -= 1;
+            if *n == 0 {
+                self.stale.remove(key);
+            }
+        }
     }
 
     fn late(
@@ -602,16 +630,23 @@ impl SessionOperator {
 
     /// Emits the open session of `key` starting at `first` (its close timer has just
     /// been taken) and starts remembering it.
-    fn emit(&mut self, key: Arc<str>, first: i64, out: &mut Vec<Output>) {
+    fn emit(&mut self, key: Arc<str>, first: i64, deadline: i64, out: &mut Vec<Output>) {
         let (gap, grace, max_span) = (self.gap, self.grace, self.max_span);
         let mut entry = match self.cache.get_mut(&key) {
             Lookup::Found(entry) => entry,
             Lookup::Lost => return self.drop_timers(&key),
-            Lookup::New => return,
+            Lookup::New => return self.stale_taken(&key),
         };
         let Ok(i) = entry.state().open.binary_search_by_key(&first, |s| s.first) else {
-            return;
+            return self.stale_taken(&key);
         };
+        let s = &entry.state().open[i];
+        let due = close_deadline(gap, grace, max_span, s.first, s.last);
+        if due != deadline {
+            // Taken early: the session grew since its timer was set.
+            self.closes.insert((due, key, first));
+            return;
+        }
         let state = entry.state_mut();
         let mut session = state.open.remove(i);
         // Its stored events would otherwise be read back into no session (or into a
@@ -693,19 +728,9 @@ impl Checkpointed for SessionOperator {
     fn restore_key(&mut self, key: &str, state: KeyState) {
         let (key, replaced) = self.cache.restore(key, state);
         match replaced {
-            Replaced::Cached(old) => {
-                for s in &old.open {
-                    self.closes
-                        .remove(&(self.close_at(s.first, s.last), key.clone(), s.first));
-                }
-                for s in &old.emitted {
-                    self.expiries
-                        .remove(&(s.forget_after, key.clone(), s.first));
-                }
-            }
-            // Its old sessions are not in memory: find its timers the slow way (a
-            // restore over an evicted key is not a hot path).
-            Replaced::Evicted => self.drop_timers(&key),
+            // Its close timers may be early or stale, so they are found the slow way (a
+            // restore over a key in memory is not a hot path).
+            Replaced::Cached(_) | Replaced::Evicted => self.drop_timers(&key),
             Replaced::Nothing => {}
         }
         let (gap, grace, max_span) = (self.gap, self.grace, self.max_span);
@@ -784,10 +809,11 @@ impl Operator for SessionOperator {
                 touches(next.first, next.last) && next.last - old_first < max_span
             });
         let max_events = self.max_events;
+        let mut stale = 0;
         if bridges {
             let next = state.open.remove(i + 1);
-            self.closes
-                .remove(&(close_at(next.first, next.last), key.clone(), next.first));
+            // Its timer is left to go stale.
+            stale += 1;
             let session = &mut state.open[i];
             session.last = next.last;
             // Stored events first, so `stored` still counts a prefix.
@@ -826,12 +852,15 @@ impl Operator for SessionOperator {
             // A bot key's endless session keeps its window moving but not its events.
             session.dropped += 1;
         }
-        let session = &state.open[i];
-        let (first, last) = (session.first, session.last);
-        if (first, last) != (old_first, old_last) {
+        let first = state.open[i].first;
+        if first != old_first {
+            // The old timer is left to go stale; a later end needs no new one.
+            stale += 1;
             self.closes
-                .remove(&(close_at(old_first, old_last), key.clone(), old_first));
-            self.closes.insert((close_at(first, last), key, first));
+                .insert((close_at(first, state.open[i].last), key.clone(), first));
+        }
+        for _ in 0..stale {
+            self.mark_stale(&key);
         }
     }
 
@@ -841,10 +870,10 @@ impl Operator for SessionOperator {
         // Closes first: a session emitted here may be forgotten in the same pass
         // (always at end of input).
         while self.closes.first().is_some_and(|t| passed(t.0, wm)) {
-            let Some((_, key, first)) = self.closes.pop_first() else {
+            let Some((deadline, key, first)) = self.closes.pop_first() else {
                 break;
             };
-            self.emit(key, first, out);
+            self.emit(key, first, deadline, out);
         }
         while self.expiries.first().is_some_and(|t| passed(t.0, wm)) {
             let Some((_, key, first)) = self.expiries.pop_first() else {
@@ -855,7 +884,7 @@ impl Operator for SessionOperator {
     }
 
     fn open_windows(&self) -> usize {
-        self.closes.len()
+        self.closes.len() - self.stale_total
     }
 }
 
