@@ -203,7 +203,9 @@ impl PartitionWriter {
     }
 
     /// Appends records, each with its own append time (clamped so time never goes back).
-    /// The batch is written with one system call per segment it touches, then synced per the
+    /// The batch is written with one system call per MiB of frames and per segment it
+    /// touches (a crash can thus leave a prefix of it, whole frames, plus a torn tail that
+    /// the next open truncates), then synced per the
     /// [`FsyncPolicy`].
     pub fn append_timed<'a, I>(&mut self, records: I) -> Result<std::ops::Range<u64>, LogError>
     where
