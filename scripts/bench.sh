@@ -77,10 +77,10 @@ base="$(cat "$WORK/baseline.median")"
 awk -v a="$(cat "$WORK/braid-default.median")" -v b="$(cat "$WORK/braid-no-checkpoints.median")" \
   'BEGIN { printf "checkpoint cost (1 s vs off): %.1f%%\n", (1 - a / b) * 100 }'
 for n in braid-1-shard braid-default; do
-  awk -v b="$base" -v x="$(cat "$WORK/$n.median")" -v n="$n" 'BEGIN { printf "ratio %s / baseline: %.2f\n", n, x / b }'
+  awk -v b="$base" -v x="$(cat "$WORK/$n.median")" -v n="$n" 'BEGIN { printf "ratio %s / baseline: %.3f\n", n, x / b }'
 done
 awk -v a="$(cat "$WORK/braid-1-shard.median")" -v b="$(cat "$WORK/braid-default.median")" \
-  'BEGIN { printf "scaling default / 1 shard: %.2f\n", b / a }'
+  'BEGIN { printf "scaling default / 1 shard: %.3f\n", b / a }'
 
 [ -n "$FLUVIO" ] || exit 0
 command -v fluvio >/dev/null || { echo "bench.sh --fluvio: the fluvio CLI is not on PATH" >&2; exit 1; }
@@ -105,7 +105,7 @@ before_run() {
 measure fluvio-baseline "$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json"
 measure fluvio-braid-default "$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY"
 awk -v b="$(cat "$WORK/fluvio-baseline.median")" -v x="$(cat "$WORK/fluvio-braid-default.median")" \
-  'BEGIN { printf "ratio fluvio-braid-default / fluvio-baseline: %.2f\n", x / b }'
+  'BEGIN { printf "ratio fluvio-braid-default / fluvio-baseline: %.3f\n", x / b }'
 awk -v e="$(cat "$WORK/braid-default.median")" -v f="$(cat "$WORK/fluvio-braid-default.median")" \
   'BEGIN { printf "fluvio / embedded (braid default): %.2f\n", f / e }'
 drop_topics page-viewed cart-updated order-placed customer-journey customer-journey-late customer-journey-dlq

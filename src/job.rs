@@ -2035,10 +2035,6 @@ fn commit_loop(
             commit_ms = (commit_seconds * 1000.0) as u64,
             "checkpoint committed"
         );
-        // The stored (packed) copy is in RocksDB now; the publisher needs only the value.
-        for e in &mut entries {
-            e.stored = Vec::new();
-        }
         let publication = Publication {
             entries,
             born,

@@ -1,11 +1,12 @@
 //! The outbox relay: output is published only from a committed checkpoint, exactly once.
 //!
 //! A job's output records are first given a place — an output topic, the partition of
-//! their key, and the next sequence number of that partition — and stamped with it
-//! (`"producer":{"job":…,"seq":…}` appended to the JSON object). They are committed to
-//! the state store's outbox in the same RocksDB batch as the state and source positions
-//! that produced them, then appended to the output log, synced, and only then removed
-//! from the outbox (acknowledged).
+//! their key, and the next sequence number of that partition. They are committed to
+//! the state store's outbox (compressed) in the same RocksDB batch as the state and
+//! source positions that produced them, then stamped with their place
+//! (`"producer":{"job":…,"seq":…}` appended to the JSON object), appended to the output
+//! log, synced, and only then removed from the outbox (acknowledged). Between the
+//! thread that makes a record and the output log, only its compressed form is held.
 //!
 //! Invariants:
 //! - Sequence numbers of one job are dense and increasing per output partition; the next
@@ -24,15 +25,15 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fault::{CrashPoint, crash_point, fail_point};
-use crate::log::{LogError, partition_for_key};
+use crate::log::{LogError, key_hash, partition_for_key, partition_of_hash};
 use crate::sink::{Sink, SinkError};
-use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack};
+use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack_with_room};
 use crate::time::Backoff;
 
 /// Why output could not be published or recovered.
@@ -115,16 +116,19 @@ impl OutKind {
     }
 }
 
-/// An output record before it is given a place; `value` is a JSON object.
+/// An output record before it is given a place: a JSON object, kept only as the outbox
+/// stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
     pub kind: OutKind,
     pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    /// `value` as the outbox stores it ([`crate::state::pack`]ed, not yet stamped),
-    /// made by [`OutRecord::new`] on the thread that produced the record, so the single
-    /// committer thread does not compress.
+    /// The value ([`crate::state::pack`]ed, not yet stamped), packed by
+    /// [`OutRecord::new`] on the thread that produced the record: the single committer
+    /// thread does not compress, and the uncompressed value is freed by the thread that
+    /// made it (handing it on to the publisher made the shards keep taking fresh pages).
     stored: Vec<u8>,
+    /// The hash that places a record without key ([`Outbox::place`]).
+    value_hash: u64,
     /// Wall clock (epoch ms) when the input that completed this record was read, for the
     /// end-to-end latency metric; not published.
     pub born_ms: i64,
@@ -134,9 +138,9 @@ impl OutRecord {
     pub fn new(kind: OutKind, key: Option<Vec<u8>>, value: Vec<u8>, born_ms: i64) -> OutRecord {
         OutRecord {
             stored: pack(&value),
+            value_hash: if key.is_none() { key_hash(&value) } else { 0 },
             kind,
             key,
-            value,
             born_ms,
         }
     }
@@ -214,31 +218,45 @@ impl Outbox {
         &self.next_seq
     }
 
-    /// Gives `record` its topic, partition and sequence number, and stamps its value.
-    /// Keyed records go to the partition of their key; a record without key (a dead
-    /// letter of an unkeyed input) to the partition of its value's bytes, so placement is
-    /// deterministic.
+    /// Gives `record` its topic, partition and sequence number (its value is stamped
+    /// when published: [`Outbox::published_value`]). Keyed records go to the partition
+    /// of their key; a record without key (a dead letter of an unkeyed input) to the
+    /// partition of its value's bytes, so placement is deterministic.
     pub fn place(&mut self, record: OutRecord) -> OutboxEntry {
         let (topic, partitions) = match record.kind {
             OutKind::Journey | OutKind::Record(_) => &self.topics[0],
             OutKind::Late => &self.topics[1],
             OutKind::DeadLetter => &self.topics[2],
         };
-        let partition =
-            partition_for_key(record.key.as_deref().unwrap_or(&record.value), *partitions);
+        let partition = match &record.key {
+            Some(key) => partition_for_key(key, *partitions),
+            None => partition_of_hash(record.value_hash, *partitions),
+        };
         let next = self.next_seq.entry((topic.clone(), partition)).or_insert(1);
         let seq = *next;
         *next += 1;
-        let mut value = record.value;
-        stamp(&mut value, &self.job_json, seq);
         OutboxEntry {
             topic: topic.clone(),
             partition,
             seq,
             key: record.key,
-            value,
             stored: record.stored,
         }
+    }
+
+    /// The value of `entry` as published: unpacked and stamped with the job and seq.
+    pub fn published_value(&self, dir: &Path, entry: &OutboxEntry) -> Result<Vec<u8>, OutboxError> {
+        let mut value = unpack_with_room(&entry.stored, STAMP_ROOM + self.job_json.len()).map_err(
+            |reason| OutboxError::CorruptEntry {
+                dir: dir.to_path_buf(),
+                topic: entry.topic.clone(),
+                partition: entry.partition,
+                seq: entry.seq,
+                reason,
+            },
+        )?;
+        stamp(&mut value, &self.job_json, entry.seq);
+        Ok(value)
     }
 
     /// Appends committed entries (in sequence order per partition) and syncs them, then
@@ -255,14 +273,21 @@ impl Outbox {
                 .or_default()
                 .push(e);
         }
-        let sink = self.sink.as_mut().expect("a placer never publishes");
         for ((topic, partition), batch) in &by_partition {
+            let values = batch
+                .iter()
+                .map(|e| self.published_value(store.dir(), e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sink = self.sink.as_mut().expect("a placer never publishes");
             fail_point(CrashPoint::Publish)
                 .map_err(|source| sink.injected_fault(topic, *partition, source))?;
             sink.append(
                 topic,
                 *partition,
-                batch.iter().map(|e| (e.key.as_deref(), e.value.as_slice())),
+                batch
+                    .iter()
+                    .zip(&values)
+                    .map(|(e, v)| (e.key.as_deref(), v.as_slice())),
             )?;
             crash_point(CrashPoint::Publish);
         }
@@ -356,17 +381,10 @@ impl Outbox {
     /// checks that no other instance writes this job's output. `fresh` says the store
     /// holds no checkpoint yet.
     pub fn recover(&mut self, store: &StateStore, fresh: bool) -> Result<u64, OutboxError> {
-        let mut pending: Vec<OutboxEntry> = store.outbox().collect::<Result<_, _>>()?;
-        for e in &mut pending {
-            let mut value = unpack(&e.stored).map_err(|reason| OutboxError::CorruptEntry {
-                dir: store.dir().to_path_buf(),
-                topic: e.topic.clone(),
-                partition: e.partition,
-                seq: e.seq,
-                reason,
-            })?;
-            stamp(&mut value, &self.job_json, e.seq);
-            e.value = value;
+        let pending: Vec<OutboxEntry> = store.outbox().collect::<Result<_, _>>()?;
+        // A corrupt entry stops recovery before anything is republished.
+        for e in &pending {
+            self.published_value(store.dir(), e)?;
         }
         let mut highest_committed = self.next_seq.clone();
         for e in &pending {
@@ -478,6 +496,10 @@ impl Outbox {
     }
 }
 
+/// Bytes [`stamp`] adds besides the job's JSON string: the member name and punctuation,
+/// and at most 20 digits of seq.
+const STAMP_ROOM: usize = 48;
+
 /// Appends `"producer":{"job":<job_json>,"seq":<seq>}` to the JSON object in `value`.
 fn stamp(value: &mut Vec<u8>, job_json: &str, seq: u64) {
     let empty = value.len() <= 2;
@@ -568,7 +590,7 @@ mod tests {
         );
         assert_eq!((c.topic.as_str(), c.seq), ("l", 1));
         assert_eq!(
-            String::from_utf8(a.value).unwrap(),
+            String::from_utf8(ob.published_value(_store.dir(), &a).unwrap()).unwrap(),
             r#"{"n":1,"producer":{"job":"job \"x\"","seq":1}}"#
         );
         let mut empty = b"{}".to_vec();
@@ -596,8 +618,16 @@ mod tests {
         let mut w = log
             .writer("j", first_partition, WriterOptions::default())
             .unwrap();
-        w.append(half.iter().map(|e| (e.key.as_deref(), e.value.as_slice())))
-            .unwrap();
+        let values: Vec<Vec<u8>> = half
+            .iter()
+            .map(|e| ob.published_value(store.dir(), e).unwrap())
+            .collect();
+        w.append(
+            half.iter()
+                .zip(&values)
+                .map(|(e, v)| (e.key.as_deref(), v.as_slice())),
+        )
+        .unwrap();
         drop(w);
 
         let mut again =

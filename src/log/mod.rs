@@ -372,9 +372,19 @@ pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
 
 /// Partition of a keyed record (see the module documentation for the exact rule).
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    partition_of_hash(key_hash(key), partitions)
+}
+
+/// The hash [`partition_for_key`] places a key by.
+pub fn key_hash(key: &[u8]) -> u64 {
     let mut h = siphasher::sip::SipHasher::new();
     key.hash(&mut h);
-    (h.finish() % u64::from(partitions.max(1))) as u32
+    h.finish()
+}
+
+/// The partition of a [`key_hash`] among `partitions`.
+pub fn partition_of_hash(hash: u64, partitions: u32) -> u32 {
+    (hash % u64::from(partitions.max(1))) as u32
 }
 
 /// Appends to every partition of a topic: keyed records by [`partition_for_key`], unkeyed

@@ -176,6 +176,25 @@ pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, String> {
     lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())
 }
 
+/// [`unpack`] into a buffer with `room` bytes of capacity to spare, for a value that is
+/// appended to before it is used (the outbox's stamp): it then never grows by copying.
+pub fn unpack_with_room(stored: &[u8], room: usize) -> Result<Vec<u8>, String> {
+    let Some((size, body)) = stored.split_first_chunk::<4>() else {
+        return unpack(stored);
+    };
+    let size = u32::from_le_bytes(*size) as usize;
+    if size > body.len().saturating_mul(255).saturating_add(16) {
+        return unpack(stored);
+    }
+    let mut out = Vec::with_capacity(size + room);
+    out.resize(size, 0);
+    let n = lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string())?;
+    if n != size {
+        return Err(format!("declares {size} bytes uncompressed, holds {n}"));
+    }
+    Ok(out)
+}
+
 /// Encodes a key state for a checkpoint upsert: postcard, then [`pack`].
 pub fn encode_packed<T: Serialize + ?Sized>(
     what: &'static str,
@@ -351,10 +370,8 @@ pub struct OutboxEntry {
     /// checkpoint; the publisher uses it to skip what it has already written.
     pub seq: u64,
     pub key: Option<Vec<u8>>,
-    /// The value as published. Not stored: rebuilt from `stored` on recovery (the
-    /// outbox module owns that format), empty in entries read back from the store.
-    pub value: Vec<u8>,
-    /// The value as the store keeps it.
+    /// The value as the store keeps it; the outbox module owns that format and makes
+    /// the published value from it.
     pub stored: Vec<u8>,
 }
 
@@ -764,7 +781,6 @@ impl StateStore {
             partition,
             seq,
             key: record.key.map(<[u8]>::to_vec),
-            value: Vec::new(),
             stored: record.value.to_vec(),
         })
     }
@@ -1096,8 +1112,6 @@ mod tests {
             key: seq
                 .is_multiple_of(2)
                 .then(|| format!("k{seq}").into_bytes()),
-            // What the store reads back: the stored form only.
-            value: Vec::new(),
             stored: format!("v{seq}").into_bytes(),
         }
     }
