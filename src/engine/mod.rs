@@ -620,12 +620,35 @@ fn topic_name(topics: &Topics, source: u16) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether any of the 8 bytes of `w` must be escaped in a JSON string (`"`, `\\` or a
+/// control character): the classic exact tests for a zero byte and a byte below n.
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let quote = zero_in(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_in(w ^ (ONES * u64::from(b'\\')));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (quote | backslash | control) != 0
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Ids, keys and topics rarely need escaping: skip 8 bytes at a time to the first
+    // word that might (byte by byte, this was 2% of a journey run's CPU time).
+    let mut clean = 0;
+    while let Some(word) = bytes.get(clean..clean + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        if word_needs_escape(w) {
+            break;
+        }
+        clean += 8;
+    }
+    out.extend_from_slice(&bytes[..clean]);
+    let mut start = clean;
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -920,6 +943,20 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), r#""a\"b\\c\nd\u0001é""#);
         let value: serde_json::Value = serde_json::from_str(r#""a\"b\\c\nd\u0001é""#).unwrap();
         assert_eq!(value, "a\"b\\c\nd\u{1}é");
+    }
+
+    proptest::proptest! {
+        /// Any string, escapes at any position of the 8-byte words: the same JSON
+        /// value back, and the escapes serde_json would write.
+        #[test]
+        fn json_strings_round_trip_through_serde(s in "[a-z\"\\\\\u{0}-\u{1f}é\u{7f}]{0,40}") {
+            let mut out = Vec::new();
+            push_json_str(&mut out, &s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(&back, &s);
+            let theirs = serde_json::to_string(&s).unwrap();
+            proptest::prop_assert_eq!(out.len(), theirs.len());
+        }
     }
 
     #[test]
