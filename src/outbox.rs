@@ -572,7 +572,7 @@ mod tests {
 
     #[test]
     fn stamps_and_numbers_per_partition() {
-        let (_d, log, _store) = setup();
+        let (_d, log, store) = setup();
         let mut ob = Outbox::new(
             "job \"x\"",
             sink(&log),
@@ -590,7 +590,7 @@ mod tests {
         );
         assert_eq!((c.topic.as_str(), c.seq), ("l", 1));
         assert_eq!(
-            String::from_utf8(ob.published_value(_store.dir(), &a).unwrap()).unwrap(),
+            String::from_utf8(ob.published_value(store.dir(), &a).unwrap()).unwrap(),
             r#"{"n":1,"producer":{"job":"job \"x\"","seq":1}}"#
         );
         let mut empty = b"{}".to_vec();

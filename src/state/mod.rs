@@ -159,6 +159,12 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
 /// Reverses [`pack`]. A declared size beyond what LZ4 can expand the input to is
 /// corruption, refused before allocating it.
 pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, String> {
+    unpack_with_room(stored, 0)
+}
+
+/// [`unpack`] into a buffer with `room` bytes of capacity to spare, for a value that is
+/// appended to before it is used (the outbox's stamp): it then never grows by copying.
+pub fn unpack_with_room(stored: &[u8], room: usize) -> Result<Vec<u8>, String> {
     let Some((size, body)) = stored.split_first_chunk::<4>() else {
         return Err(format!(
             "{} bytes, too short for a packed value",
@@ -172,19 +178,6 @@ pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, String> {
             "declares {size} bytes uncompressed from {} compressed",
             body.len()
         ));
-    }
-    lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())
-}
-
-/// [`unpack`] into a buffer with `room` bytes of capacity to spare, for a value that is
-/// appended to before it is used (the outbox's stamp): it then never grows by copying.
-pub fn unpack_with_room(stored: &[u8], room: usize) -> Result<Vec<u8>, String> {
-    let Some((size, body)) = stored.split_first_chunk::<4>() else {
-        return unpack(stored);
-    };
-    let size = u32::from_le_bytes(*size) as usize;
-    if size > body.len().saturating_mul(255).saturating_add(16) {
-        return unpack(stored);
     }
     let mut out = Vec::with_capacity(size + room);
     out.resize(size, 0);
