@@ -23,8 +23,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// Keeps freed memory for reuse instead of handing it back to the kernel at once, for
 /// both allocators in the process. Output flows through the threads of a job (a journey
 /// is rendered on a shard, freed by the publisher), so freed memory is soon needed again:
-/// returning it made the kernel zero the same amount again (journey benchmark: 7% less
-/// wall time with both settings, peak RSS about 10% higher).
+/// returning it made the kernel zero the same amount again (journey benchmark, paired
+/// runs: 7–12% less wall time with both settings, 5–13% more peak RSS).
 /// - mimalloc (Rust's allocations): purge freed pages after 10 s unused, not 1 s.
 /// - glibc (RocksDB's C++ allocations): a checkpoint's write batch is tens of MB, beyond
 ///   the largest size glibc would otherwise serve from its heap rather than a fresh
