@@ -884,7 +884,8 @@ impl Operator for SessionOperator {
     }
 
     fn open_windows(&self) -> usize {
-        self.closes.len() - self.stale_total
+        // Never below zero by construction; a miscount must not take the shard down.
+        self.closes.len().saturating_sub(self.stale_total)
     }
 }
 
