@@ -343,29 +343,9 @@ impl Cluster {
         start: Offset,
         max: usize,
     ) -> Result<Vec<FluvioRecord>, FluvioError> {
-        let client = Arc::clone(&self.client);
-        let config = ConsumerConfigExtBuilder::default()
-            .topic(topic.to_owned())
-            .partition(partition)
-            .offset_start(start)
-            .disable_continuous(true)
-            .retry_mode(RetryMode::Disabled)
-            .build()
-            .map_err(|e| self.partition_error(topic, partition, format!("{e:#}")))?;
         let read = self.call(
             || format!("reading topic `{topic}` partition {partition}"),
-            async move {
-                let mut stream = client.consumer_with_config(config).await?;
-                let mut out = Vec::new();
-                while out.len() < max {
-                    match stream.next().await {
-                        Some(Ok(r)) => out.push(r),
-                        Some(Err(code)) => anyhow::bail!("{code}"),
-                        None => break,
-                    }
-                }
-                Ok::<_, anyhow::Error>(out)
-            },
+            read_once(&self.client, topic, partition, start, max),
         )?;
         read.map_err(|e| self.partition_error(topic, partition, format!("{e:#}")))
     }
@@ -682,6 +662,34 @@ fn offset_at(offset: u64) -> Offset {
     Offset::absolute(offset as i64).unwrap_or_else(|_| Offset::beginning())
 }
 
+/// Up to `max` records of `topic` partition `partition` from `start`, by one
+/// non-continuous consumer (the one-off reads: offset probes, ranges, tails).
+async fn read_once(
+    client: &Fluvio,
+    topic: &str,
+    partition: u32,
+    start: Offset,
+    max: usize,
+) -> anyhow::Result<Vec<FluvioRecord>> {
+    let config = ConsumerConfigExtBuilder::default()
+        .topic(topic.to_owned())
+        .partition(partition)
+        .offset_start(start)
+        .disable_continuous(true)
+        .retry_mode(RetryMode::Disabled)
+        .build()?;
+    let mut stream = client.consumer_with_config(config).await?;
+    let mut out = Vec::new();
+    while out.len() < max {
+        match stream.next().await {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(code)) => anyhow::bail!("{code}"),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 /// The task behind a [`PartitionStream`].
 struct StreamTask {
     /// The Fluvio consumer whose offset the client commits.
@@ -708,27 +716,17 @@ impl StreamTask {
         }
     }
 
-    /// The partition's end offset now, if the cluster answers.
+    /// The partition's end offset now, if the cluster answers (as [`Cluster::end_offset`]).
     async fn end_offset(&self) -> Option<u64> {
-        let config = ConsumerConfigExtBuilder::default()
-            .topic(self.topic.clone())
-            .partition(self.partition)
-            .offset_start(Offset::from_end(1))
-            .disable_continuous(true)
-            .retry_mode(RetryMode::Disabled)
-            .build()
-            .ok()?;
-        let probe = async {
-            let mut stream = self.client.consumer_with_config(config).await.ok()?;
-            match stream.next().await {
-                Some(Ok(r)) => Some(r.offset() as u64 + 1),
-                _ => Some(0),
-            }
-        };
-        tokio::time::timeout(CALL_TIMEOUT, probe)
-            .await
-            .ok()
-            .flatten()
+        let probe = read_once(
+            &self.client,
+            &self.topic,
+            self.partition,
+            Offset::from_end(1),
+            1,
+        );
+        let last = tokio::time::timeout(CALL_TIMEOUT, probe).await.ok()?.ok()?;
+        Some(last.first().map_or(0, |r| r.offset() as u64 + 1))
     }
 
     /// Hands `batch` over; false when the reader is gone.

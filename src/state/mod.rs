@@ -131,7 +131,7 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
 ///
 /// Compressed into a per-thread buffer of the worst-case size, then copied out at its
 /// real size: compressing straight into a worst-case `Vec` left every packed value
-/// holding the capacity of its uncompressed size (a fifth of the journey benchmark's
+/// holding the capacity of its uncompressed size (59 MB of the journey benchmark's 554 MB
 /// peak heap).
 pub fn pack(raw: &[u8]) -> Vec<u8> {
     thread_local! {
