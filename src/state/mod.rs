@@ -371,10 +371,33 @@ pub struct OutboxEntry {
 /// The value part of an outbox entry as stored (topic, partition and seq are the key).
 #[derive(Serialize, Deserialize)]
 struct StoredRecord<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "opt_bytes")]
     key: Option<&'a [u8]>,
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     value: &'a [u8],
+}
+
+// serde writes a `[u8]` as a sequence, one `serialize_u8` call per byte: on the journey
+// benchmark that loop was 1.6% of all CPU time, in the single committer. postcard
+// encodes a byte string and a sequence of u8 identically (length, then the bytes), so
+// this changes the speed, not the stored format; reading borrows the bytes either way.
+fn bytes<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
+fn opt_bytes<S: serde::Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&Bytes(v)),
+        None => s.serialize_none(),
+    }
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
 }
 
 /// Everything that changed since the previous checkpoint, committed atomically.
@@ -1634,5 +1657,23 @@ mod tests {
         assert_eq!(store.keys::<Vec<u64>, _>(|_| true).count(), 0);
         assert_eq!(empty.keys, 0, "{empty:?}");
         assert!(empty.live_data_bytes < 4_096, "{empty:?}");
+    }
+
+    #[test]
+    fn a_stored_record_encodes_its_bytes_as_serde_encodes_a_sequence() {
+        // Stores written before the byte-string encoding must still read.
+        #[derive(Serialize)]
+        struct AsSequence<'a> {
+            key: Option<&'a [u8]>,
+            value: &'a [u8],
+        }
+        for key in [None, Some(&b"c-1"[..]), Some(&[0u8; 300][..])] {
+            let value: Vec<u8> = (0..=255).cycle().take(1_000).collect();
+            let now = postcard::to_allocvec(&StoredRecord { key, value: &value }).unwrap();
+            let before = postcard::to_allocvec(&AsSequence { key, value: &value }).unwrap();
+            assert_eq!(now, before);
+            let back: StoredRecord<'_> = postcard::from_bytes(&now).unwrap();
+            assert_eq!((back.key, back.value), (key, &value[..]));
+        }
     }
 }
