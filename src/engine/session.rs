@@ -214,7 +214,7 @@ impl SessionConfig {
 }
 
 /// An open session: `first ≤ last`, events in arrival order (sorted when emitted).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenSession {
     pub first: i64,
     pub last: i64,
@@ -223,52 +223,28 @@ pub struct OpenSession {
     pub dropped: u64,
     /// `events[..stored]` are in the key's stored chunks, the rest not yet.
     pub stored: usize,
-    /// The fingerprints of its events with an id, in no particular order: derived from
-    /// `events` (not stored), kept so that emitting does not hash every id again.
-    fingerprints: Vec<u128>,
 }
-
-/// Equal sessions hold equal events; `fingerprints` follows from them.
-impl PartialEq for OpenSession {
-    fn eq(&self, other: &Self) -> bool {
-        (
-            self.first,
-            self.last,
-            &self.events,
-            self.dropped,
-            self.stored,
-        ) == (
-            other.first,
-            other.last,
-            &other.events,
-            other.dropped,
-            other.stored,
-        )
-    }
-}
-
-impl Eq for OpenSession {}
 
 impl OpenSession {
-    /// A session of one event; `fp` is its fingerprint when it has an id.
-    pub(crate) fn new(t: i64, event: RecordEvent, fp: Option<u128>) -> OpenSession {
+    /// A session of one event.
+    pub(crate) fn new(t: i64, event: RecordEvent) -> OpenSession {
         OpenSession {
             first: t,
             last: t,
             events: vec![event],
             dropped: 0,
             stored: 0,
-            fingerprints: fp.into_iter().collect(),
         }
     }
 
-    /// Recomputes `fingerprints` from the events (after a restore or a cut).
-    fn refingerprint(&mut self) {
-        self.fingerprints = self
-            .events
+    /// The fingerprints of its events with an id. Hashed again when the session is
+    /// emitted rather than kept: 16 bytes per open event (plus a vector's slack) cost
+    /// more than hashing each id a second time, which did not show in run times.
+    fn fingerprints(&self) -> Vec<u128> {
+        self.events
             .iter()
             .filter_map(|e| e.id.as_deref().map(|id| fingerprint(e.source, id)))
-            .collect();
+            .collect()
     }
 }
 
@@ -410,7 +386,6 @@ impl Persist for KeyState {
                 events: Vec::new(),
                 dropped: s.dropped,
                 stored: 0,
-                fingerprints: Vec::new(),
             })
             .collect();
         for (id, bytes) in chunks {
@@ -439,9 +414,8 @@ impl Persist for KeyState {
                 ));
             }
             s.stored = s.events.len();
-            s.refingerprint();
         }
-        let open_ids = open.iter().flat_map(|s| s.fingerprints.iter().copied());
+        let open_ids = open.iter().flat_map(|s| s.fingerprints());
         let emitted_ids = head
             .emitted
             .iter()
@@ -623,7 +597,9 @@ impl SessionOperator {
         let key: Arc<str> = Arc::from(key);
         let mut state = KeyState::default();
         state.seen.extend(fp);
-        state.open.push(OpenSession::new(t, record, fp));
+        // Most keys hold one session at a time; a first push would reserve room for 4.
+        state.open.reserve_exact(1);
+        state.open.push(OpenSession::new(t, record));
         self.closes.insert((own_deadline, key.clone(), t));
         self.cache.insert(key, state);
     }
@@ -660,7 +636,7 @@ impl SessionOperator {
             .min(first.saturating_add(max_span));
         let forget_after = close_deadline(gap, grace, max_span, first, session.last)
             .saturating_add(self.retention);
-        let fingerprints = std::mem::take(&mut session.fingerprints);
+        let fingerprints = session.fingerprints();
         let at = state.emitted.partition_point(|s| s.first < first);
         state.emitted.insert(
             at,
@@ -795,7 +771,10 @@ impl Operator for SessionOperator {
                 let (_, record) = RecordEvent::split(event);
                 let state = entry.state_mut();
                 state.seen.extend(fp);
-                state.open.insert(at, OpenSession::new(t, record, fp));
+                if state.open.is_empty() {
+                    state.open.reserve_exact(1);
+                }
+                state.open.insert(at, OpenSession::new(t, record));
                 self.closes.insert((own_deadline, key, t));
                 return;
             }
@@ -824,7 +803,6 @@ impl Operator for SessionOperator {
             session.stored += next.stored;
             session.events.extend(fresh);
             session.events.extend(next_fresh);
-            session.fingerprints.extend(next.fingerprints);
             session.dropped += next.dropped;
             if session.events.len() > max_events {
                 state.rewrite |= session.stored > 0;
@@ -837,7 +815,6 @@ impl Operator for SessionOperator {
                         state.seen.remove(&fingerprint(gone.source, id));
                     }
                 }
-                session.refingerprint();
             }
         }
         let session = &mut state.open[i];
@@ -846,7 +823,6 @@ impl Operator for SessionOperator {
         if session.events.len() < max_events {
             let (_, record) = RecordEvent::split(event);
             session.events.push(record);
-            session.fingerprints.extend(fp);
             state.seen.extend(fp);
         } else {
             // A bot key's endless session keeps its window moving but not its events.

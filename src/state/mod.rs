@@ -1209,7 +1209,7 @@ mod tests {
     #[test]
     fn operator_state_and_watermarks_round_trip() {
         use crate::engine::session::{EmittedSession, KeyState, OpenSession};
-        use crate::engine::{JourneyId, RecordEvent, fingerprint};
+        use crate::engine::{JourneyId, RecordEvent};
         use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
 
         let event = RecordEvent {
@@ -1220,7 +1220,7 @@ mod tests {
             id: Some("e\u{0}1".into()),
             payload: r#"{"a":[1,2]}"#.into(),
         };
-        let mut open = OpenSession::new(-5, event, Some(fingerprint(2, "e\u{0}1")));
+        let mut open = OpenSession::new(-5, event);
         open.last = 1_700_000_000_000;
         open.dropped = 7;
         let mut state = KeyState {
