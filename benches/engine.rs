@@ -74,16 +74,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn session_config() -> SessionConfig {
-    SessionConfig {
-        topology: "bench".into(),
-        sources: JOURNEY_TOPICS.iter().map(|t| t.to_string()).collect(),
-        gap: Duration::from_secs(30 * 60),
-        grace: Duration::ZERO,
-        retention: None,
-        max_duration: None,
-        include_payload: true,
-        max_events: None,
-    }
+    SessionConfig::with_gap("bench", &JOURNEY_TOPICS, Duration::from_secs(30 * 60))
 }
 
 fn session(c: &mut Criterion) {

@@ -69,18 +69,9 @@ struct Figure {
 }
 
 fn measure(sessions: usize, events_per_session: usize) -> Figure {
-    let mut op = SessionConfig {
-        topology: "memory".into(),
-        sources: vec!["page.viewed".into()],
-        gap: Duration::from_secs(30 * 60),
-        grace: Duration::ZERO,
-        retention: None,
-        max_duration: None,
-        include_payload: true,
-        max_events: None,
-    }
-    .build()
-    .expect("a valid session config");
+    let mut op = SessionConfig::with_gap("memory", &["page.viewed"], Duration::from_secs(30 * 60))
+        .build()
+        .expect("a valid session config");
     let mut out = Vec::new();
     const BASE: i64 = 1_767_600_000_000;
     let before = LIVE.load(Ordering::Relaxed);

@@ -326,18 +326,10 @@ journeys = "cj.out"
     fn reports_positions_watermark_and_the_oldest_open_session() {
         let tmp = TempDir::new().unwrap();
         let plan = plan();
-        let mut op = SessionConfig {
-            topology: "cj".into(),
-            sources: vec!["page.viewed".into(), "order.placed".into()],
-            gap: Duration::from_millis(10),
-            grace: Duration::ZERO,
-            retention: None,
-            max_duration: None,
-            include_payload: true,
-            max_events: None,
-        }
-        .build()
-        .unwrap();
+        let sources = ["page.viewed", "order.placed"];
+        let mut op = SessionConfig::with_gap("cj", &sources, Duration::from_millis(10))
+            .build()
+            .unwrap();
         let mut out = Vec::new();
         // a: one session at 100 (closed by watermark 200) and one at 300; b: one at 250.
         for (o, k, t) in [(0, "a", 100), (1, "a", 105), (2, "b", 250), (3, "a", 300)] {

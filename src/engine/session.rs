@@ -145,6 +145,21 @@ pub enum SessionConfigError {
 }
 
 impl SessionConfig {
+    /// Sessions of `gap` over `sources`, every other field at its topology default: no
+    /// grace, retention `gap`, no `max_duration`, payloads included, no event limit.
+    pub fn with_gap(topology: &str, sources: &[&str], gap: Duration) -> SessionConfig {
+        SessionConfig {
+            topology: topology.into(),
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            gap,
+            grace: Duration::ZERO,
+            retention: None,
+            max_duration: None,
+            include_payload: true,
+            max_events: None,
+        }
+    }
+
     /// Checks the configuration and makes the operator. Sub-millisecond parts of
     /// durations are dropped (event times are whole milliseconds).
     pub fn build(self) -> Result<SessionOperator, SessionConfigError> {
@@ -878,18 +893,12 @@ mod tests {
 
     fn config(gap_ms: u64, grace_ms: u64) -> SessionConfig {
         SessionConfig {
-            topology: TOPOLOGY.into(),
-            sources: vec![
-                "page.viewed".into(),
-                "cart.updated".into(),
-                "order.placed".into(),
-            ],
-            gap: Duration::from_millis(gap_ms),
             grace: Duration::from_millis(grace_ms),
-            retention: None,
-            max_duration: None,
-            include_payload: true,
-            max_events: None,
+            ..SessionConfig::with_gap(
+                TOPOLOGY,
+                &["page.viewed", "cart.updated", "order.placed"],
+                Duration::from_millis(gap_ms),
+            )
         }
     }
 
