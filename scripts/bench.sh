@@ -4,8 +4,10 @@
 #   braid     `braid run --bounded` of topologies/customer_journey.toml, 1 shard and default
 #             (checkpoints every 1 s, the topology's setting), and default with checkpoints off
 #             (one final checkpoint: interval 1 h) to show what checkpointing costs
-# Each figure is the median of RUNS runs; peak RSS from GNU time; RocksDB batches = bytes of
-# the checkpoint batches written (the last run's summary). Release build.
+# The configurations run in turn, RUNS rounds of one run each, so that a drift of the
+# machine's speed hits them alike; each figure is the median of its RUNS runs, and each
+# ratio the median of the rounds' own ratios. Peak RSS from GNU time; RocksDB batches =
+# bytes of the checkpoint batches written (the last run's summary). Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
 #
 # `scripts/bench.sh --fluvio [ENDPOINT]` also runs the baseline and braid (default shards)
@@ -43,44 +45,69 @@ field() { sed -n "s/.*\"$2\": *\([0-9.]*\).*/\1/p" "$1" | head -n 1; }
 
 # before_run: what each measured run starts from (no output topics, no state).
 before_run() { rm -rf "$LOG"/customer.journey* "$WORK/state"; }
-# measure NAME CMD...: runs CMD RUNS times; CMD writes its summary JSON to $WORK/summary.json.
-measure() {
+# run_once NAME CMD...: one run of CMD, which writes its summary JSON to
+# $WORK/summary.json; appends its events/s and peak RSS (KiB) to NAME's lists.
+run_once() {
   local name="$1"; shift
-  : >"$WORK/$name.rates"; : >"$WORK/$name.rss"
-  for i in $(seq "$RUNS"); do
-    before_run
-    /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
-    local records millis
-    records="$(field "$WORK/summary.json" records_in)"
-    [ -n "$records" ] || records="$(field "$WORK/summary.json" records)"
-    millis="$(field "$WORK/summary.json" millis)"
-    awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
-    tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
-  done
-  local rate rss written
+  before_run
+  /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" >/dev/null
+  local records millis
+  records="$(field "$WORK/summary.json" records_in)"
+  [ -n "$records" ] || records="$(field "$WORK/summary.json" records)"
+  millis="$(field "$WORK/summary.json" millis)"
+  awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
+  tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
+  field "$WORK/summary.json" checkpoint_bytes >"$WORK/$name.written"
+}
+# report NAME: NAME's line: median events/s and peak RSS, the last run's RocksDB batches.
+report() {
+  local name="$1" rate rss written
   rate="$(median <"$WORK/$name.rates")"
   rss="$(median <"$WORK/$name.rss")"
-  echo "$rate" >"$WORK/$name.median"
-  written="$(field "$WORK/summary.json" checkpoint_bytes)"
+  written="$(cat "$WORK/$name.written")"
   printf '%-22s %12s events/s   peak RSS %6d MiB   RocksDB batches %6s MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(( ${written:-0} / 1048576 ))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
+}
+# ratio LABEL A B: the median over rounds of A's events/s over B's in the same round.
+# The configurations run in turn, round after round, so a drift of the machine's speed
+# (these machines are shared) moves both sides of each round's ratio alike.
+ratio() {
+  local label="$1" a="$2" b="$3"
+  paste "$WORK/$a.rates" "$WORK/$b.rates" | awk '{ printf "%.3f\n", $1 / $2 }' >"$WORK/ratio"
+  printf '%s: %s   (rounds: %s)\n' "$label" "$(median <"$WORK/ratio")" "$(tr '\n' ' ' <"$WORK/ratio")"
+}
+# rounds NAME...: RUNS rounds, each running every NAME once (the command `cmd NAME` sets).
+rounds() {
+  local name i
+  for name in "$@"; do : >"$WORK/$name.rates"; : >"$WORK/$name.rss"; done
+  for i in $(seq "$RUNS"); do
+    for name in "$@"; do
+      cmd "$name"
+      run_once "$name" "${CMD[@]}"
+    done
+  done
+  for name in "$@"; do report "$name"; done
 }
 
 records="$(field "$WORK/gen.json" records)"
-echo "dataset: $records records ($(du -sh "$LOG" | cut -f1) on disk), median of $RUNS runs each"
-measure baseline "$BIN" --log "$LOG" scan "$TOPOLOGY" --summary-json "$WORK/summary.json"
+echo "dataset: $records records ($(du -sh "$LOG" | cut -f1) on disk), $RUNS rounds, medians"
 run_args=(--log "$LOG" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json")
 sed 's/^\[output\]/[checkpoint]\ninterval = "1h"\n\n[output]/' "$TOPOLOGY" >"$WORK/no-checkpoints.toml"
-measure braid-1-shard "$BIN" "${run_args[@]}" --shards 1 "$TOPOLOGY"
-measure braid-default "$BIN" "${run_args[@]}" "$TOPOLOGY"
-measure braid-no-checkpoints "$BIN" "${run_args[@]}" "$WORK/no-checkpoints.toml"
-base="$(cat "$WORK/baseline.median")"
-awk -v a="$(cat "$WORK/braid-default.median")" -v b="$(cat "$WORK/braid-no-checkpoints.median")" \
-  'BEGIN { printf "checkpoint cost (1 s vs off): %.1f%%\n", (1 - a / b) * 100 }'
-for n in braid-1-shard braid-default; do
-  awk -v b="$base" -v x="$(cat "$WORK/$n.median")" -v n="$n" 'BEGIN { printf "ratio %s / baseline: %.3f\n", n, x / b }'
-done
-awk -v a="$(cat "$WORK/braid-1-shard.median")" -v b="$(cat "$WORK/braid-default.median")" \
-  'BEGIN { printf "scaling default / 1 shard: %.3f\n", b / a }'
+# cmd NAME: sets CMD to the command line of configuration NAME.
+cmd() {
+  case "$1" in
+    baseline) CMD=("$BIN" --log "$LOG" scan "$TOPOLOGY" --summary-json "$WORK/summary.json") ;;
+    braid-1-shard) CMD=("$BIN" "${run_args[@]}" --shards 1 "$TOPOLOGY") ;;
+    braid-default) CMD=("$BIN" "${run_args[@]}" "$TOPOLOGY") ;;
+    braid-no-checkpoints) CMD=("$BIN" "${run_args[@]}" "$WORK/no-checkpoints.toml") ;;
+    fluvio-baseline) CMD=("$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json") ;;
+    fluvio-braid-default) CMD=("$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY") ;;
+  esac
+}
+rounds baseline braid-1-shard braid-default braid-no-checkpoints
+ratio "checkpoints on (1 s) / off (1 h)" braid-default braid-no-checkpoints
+ratio "ratio braid-1-shard / baseline" braid-1-shard baseline
+ratio "ratio braid-default / baseline" braid-default baseline
+ratio "scaling default / 1 shard" braid-default braid-1-shard
 
 [ -n "$FLUVIO" ] || exit 0
 command -v fluvio >/dev/null || { echo "bench.sh --fluvio: the fluvio CLI is not on PATH" >&2; exit 1; }
@@ -102,10 +129,8 @@ before_run() {
   drop_topics customer-journey customer-journey-late customer-journey-dlq
   rm -rf "$WORK/state"
 }
-measure fluvio-baseline "$BIN" scan "$FTOPOLOGY" --summary-json "$WORK/summary.json"
-measure fluvio-braid-default "$BIN" run --bounded --state "$WORK/state" --summary-json "$WORK/summary.json" "$FTOPOLOGY"
-awk -v b="$(cat "$WORK/fluvio-baseline.median")" -v x="$(cat "$WORK/fluvio-braid-default.median")" \
-  'BEGIN { printf "ratio fluvio-braid-default / fluvio-baseline: %.3f\n", x / b }'
-awk -v e="$(cat "$WORK/braid-default.median")" -v f="$(cat "$WORK/fluvio-braid-default.median")" \
+rounds fluvio-baseline fluvio-braid-default
+ratio "ratio fluvio-braid-default / fluvio-baseline" fluvio-braid-default fluvio-baseline
+awk -v e="$(median <"$WORK/braid-default.rates")" -v f="$(median <"$WORK/fluvio-braid-default.rates")" \
   'BEGIN { printf "fluvio / embedded (braid default): %.2f\n", f / e }'
 drop_topics page-viewed cart-updated order-placed customer-journey customer-journey-late customer-journey-dlq
