@@ -386,10 +386,7 @@ fn bytes<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn opt_bytes<S: serde::Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.serialize_some(&Bytes(v)),
-        None => s.serialize_none(),
-    }
+    v.map(Bytes).serialize(s)
 }
 
 struct Bytes<'a>(&'a [u8]);
