@@ -257,11 +257,10 @@ impl OpenSession {
     /// more than hashing each id a second time. On the journey benchmark the hashing
     /// at emit takes 2.6% of the CPU time, and dropping the kept fingerprints (with the
     /// other savings of the same change) gave 0.96x the wall time and 6% less peak RSS.
-    fn fingerprints(&self) -> Vec<u128> {
+    fn fingerprints(&self) -> impl Iterator<Item = u128> + '_ {
         self.events
             .iter()
             .filter_map(|e| e.id.as_deref().map(|id| fingerprint(e.source, id)))
-            .collect()
     }
 }
 
@@ -449,6 +448,18 @@ impl Persist for KeyState {
     }
 }
 
+impl KeyState {
+    /// Starts a session of one event at index `at` of `open`.
+    fn start_session(&mut self, at: usize, t: i64, event: RecordEvent, fp: Option<u128>) {
+        self.seen.extend(fp);
+        // Most keys hold one session at a time; a first insert would reserve room for 4.
+        if self.open.is_empty() {
+            self.open.reserve_exact(1);
+        }
+        self.open.insert(at, OpenSession::new(t, event));
+    }
+}
+
 impl CacheState for KeyState {
     /// A key with neither open nor remembered sessions nor stored chunks has no state
     /// (`seen` is then empty too, by the invariant). Chunks keep a key until a write
@@ -613,10 +624,7 @@ impl SessionOperator {
         let (key, record) = RecordEvent::split(event);
         let key: Arc<str> = Arc::from(key);
         let mut state = KeyState::default();
-        state.seen.extend(fp);
-        // Most keys hold one session at a time; a first push would reserve room for 4.
-        state.open.reserve_exact(1);
-        state.open.push(OpenSession::new(t, record));
+        state.start_session(0, t, record, fp);
         self.closes.insert((own_deadline, key.clone(), t));
         self.cache.insert(key, state);
     }
@@ -653,7 +661,7 @@ impl SessionOperator {
             .min(first.saturating_add(max_span));
         let forget_after = close_deadline(gap, grace, max_span, first, session.last)
             .saturating_add(self.retention);
-        let fingerprints = session.fingerprints();
+        let fingerprints = session.fingerprints().collect();
         let at = state.emitted.partition_point(|s| s.first < first);
         state.emitted.insert(
             at,
@@ -786,12 +794,7 @@ impl Operator for SessionOperator {
                     return self.late(event, own_deadline, None, out);
                 }
                 let (_, record) = RecordEvent::split(event);
-                let state = entry.state_mut();
-                state.seen.extend(fp);
-                if state.open.is_empty() {
-                    state.open.reserve_exact(1);
-                }
-                state.open.insert(at, OpenSession::new(t, record));
+                entry.state_mut().start_session(at, t, record, fp);
                 self.closes.insert((own_deadline, key, t));
                 return;
             }
