@@ -285,6 +285,60 @@ fn a_follower_wakes_on_appends_from_another_process() {
 }
 
 #[test]
+fn a_reader_at_the_tail_finds_each_new_segment_of_a_directory_unchanged_for_long() {
+    // A reader at the tail lists the partition directory again only when its
+    // modification time moved; an hour-old directory is the case where an unchanged time
+    // is trusted, and each roll must still be seen.
+    let t = TempLog::new();
+    t.log.create_topic("t", 1).unwrap();
+    let mut w = t.log.writer("t", 0, small_segments()).unwrap();
+    let append = |w: &mut braid::log::PartitionWriter, from: u64, to: u64| {
+        let recs: Vec<Vec<u8>> = (from..to).map(value).collect();
+        assert_eq!(
+            w.append(recs.iter().map(|v| (None, v.as_slice()))).unwrap(),
+            from..to
+        );
+    };
+    let backdate = || {
+        let dir = std::fs::File::open(t.log.partition_dir("t", 0)).unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        dir.set_modified(hour_ago).unwrap();
+    };
+    append(&mut w, 0, 3);
+    backdate();
+    let mut r = t.log.reader("t", 0, 0).unwrap();
+    let read = |r: &mut braid::log::PartitionReader| -> Vec<u64> {
+        let mut offsets = Vec::new();
+        loop {
+            let batch = r.read_batch(64).unwrap();
+            if batch.is_empty() {
+                return offsets;
+            }
+            offsets.extend(batch.iter().map(|rec| rec.offset));
+        }
+    };
+    assert_eq!(read(&mut r), vec![0, 1, 2]);
+    let segments = || t.log.partition_info("t", 0).unwrap().segments;
+    assert_eq!(segments(), 1);
+    // About 300 bytes a record and 4 KiB segments: 40 records roll several times.
+    for round in 0..3u64 {
+        let from = 3 + round * 40;
+        append(&mut w, from, from + 40);
+        assert_eq!(
+            read(&mut r),
+            (from..from + 40).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        backdate();
+    }
+    assert!(
+        segments() > 3,
+        "expected rolls, got {} segments",
+        segments()
+    );
+}
+
+#[test]
 fn keyed_produce_is_stable_and_unkeyed_is_round_robin() {
     let t = TempLog::new();
     t.log.create_topic("k", 5).unwrap();

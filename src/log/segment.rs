@@ -107,12 +107,17 @@ pub fn floor_by_time(entries: &[IndexEntry], ts: i64) -> Option<IndexEntry> {
 
 /// Sequential reader of frames in one segment file, through a reusable buffer so that a
 /// record costs no system call of its own.
+///
+/// The buffered bytes are `buf[start..end]`. `buf` keeps its length (zeroed once, when it
+/// grows) so that a read at the tail of a live segment, which mostly finds nothing new,
+/// does not zero a whole read chunk first: that was 4% of a live job's CPU time.
 pub struct SegmentCursor {
     file: File,
     /// File position of `buf[start]`.
     buf_pos: u64,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 /// What the cursor found at its position.
@@ -170,8 +175,9 @@ impl SegmentCursor {
         Ok(SegmentCursor {
             file: no_follow(OpenOptions::new().read(true)).open(path)?,
             buf_pos: position,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: Vec::new(),
             start: 0,
+            end: 0,
         })
     }
 
@@ -191,7 +197,7 @@ impl SegmentCursor {
     /// how long it was). Memory stays at the read chunk, whatever the record's size.
     pub fn peek_limited(&mut self, value_limit: usize) -> std::io::Result<Next<'_>> {
         loop {
-            let avail = &self.buf[self.start..];
+            let avail = &self.buf[self.start..self.end];
             let decoded = record::decode(avail);
             if let Decoded::Incomplete { needed } = decoded
                 && needed > (record::FRAME_HEADER + record::BODY_FIXED).saturating_add(value_limit)
@@ -200,7 +206,7 @@ impl SegmentCursor {
                 return Ok(match streamed {
                     Streamed::Frame { view, len } => Next::Frame {
                         view,
-                        buf: &self.buf[self.start..],
+                        buf: &self.buf[self.start..self.end],
                         position: self.buf_pos,
                         len,
                     },
@@ -215,7 +221,7 @@ impl SegmentCursor {
                 Decoded::Frame { len, view } => {
                     return Ok(Next::Frame {
                         view,
-                        buf: &self.buf[self.start..],
+                        buf: &self.buf[self.start..self.end],
                         position: self.buf_pos,
                         len,
                     });
@@ -239,10 +245,11 @@ impl SegmentCursor {
     pub fn consume(&mut self, len: usize) {
         self.start += len;
         self.buf_pos += len as u64;
-        if self.start >= self.buf.len() {
-            // A streamed frame: only its prefix was buffered.
-            self.buf.clear();
+        if self.start >= self.end {
+            // Everything buffered is read (or, for a streamed frame, only its prefix was
+            // buffered).
             self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -255,7 +262,7 @@ impl SegmentCursor {
         if !self.fill(head)? {
             return Ok(Some(Streamed::End));
         }
-        let frame = &self.buf[self.start..];
+        let frame = &self.buf[self.start..self.end];
         let raw_key_len = i32::from_le_bytes(frame[head - 4..head].try_into().expect("4 bytes"));
         // Negative: no key (as `record::decode` reads it).
         let key_len = usize::try_from(raw_key_len).unwrap_or(0);
@@ -300,6 +307,7 @@ impl SegmentCursor {
             value: key_start + key_len..keep,
             value_len,
         };
+        self.end = prefix.len();
         self.buf = prefix;
         self.start = 0;
         Ok(Some(Streamed::Frame { view, len }))
@@ -308,22 +316,23 @@ impl SegmentCursor {
     /// Reads more of the file so that at least `needed` bytes are buffered; false when the
     /// file does not (yet) have them.
     fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
-        self.buf.drain(..self.start);
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
         self.start = 0;
-        let have = self.buf.len();
         let want = needed.max(READ_CHUNK);
-        self.buf.resize(want, 0);
-        let mut filled = have;
-        while filled < want {
-            let n = self
-                .file
-                .read_at(&mut self.buf[filled..], self.buf_pos + filled as u64)?;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        while self.end < want {
+            let n = self.file.read_at(
+                &mut self.buf[self.end..want],
+                self.buf_pos + self.end as u64,
+            )?;
             if n == 0 {
                 break;
             }
-            filled += n;
+            self.end += n;
         }
-        self.buf.truncate(filled);
-        Ok(filled >= needed)
+        Ok(self.end >= needed)
     }
 }

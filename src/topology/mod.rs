@@ -1049,7 +1049,7 @@ type = "left"
               a failing append is retried for 30s
   limits      records up to 1MiB, 100000 events kept per window, 1000000 open windows per shard
               output records up to 4MiB (longer ones in parts)
-              RocksDB cache 64MiB, write buffers 128MiB
+              RocksDB cache 64MiB, write buffers 32MiB
   checkpoint  every 1s
 ",
             plan.fingerprint()
