@@ -342,7 +342,7 @@ impl Default for StateOptions {
     fn default() -> Self {
         StateOptions {
             block_cache_bytes: 64 << 20,
-            write_buffer_bytes: 128 << 20,
+            write_buffer_bytes: 32 << 20,
         }
     }
 }
@@ -995,7 +995,7 @@ mod tests {
 
     #[test]
     fn the_write_buffer_budget_bounds_the_memtables() {
-        assert_eq!(StateOptions::default().memtable_bytes(), 32 << 20);
+        assert_eq!(StateOptions::default().memtable_bytes(), 8 << 20);
         let small = StateOptions {
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 4 << 20,

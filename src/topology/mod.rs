@@ -227,7 +227,7 @@ journeys = "customer.journey"
         assert_eq!(plan.limits.max_record_bytes, 1 << 20);
         assert_eq!(
             (plan.limits.state_cache, plan.limits.state_write_buffer),
-            (64 << 20, 128 << 20)
+            (64 << 20, 32 << 20)
         );
         assert_eq!(plan.limits.max_output_record_bytes, 4 << 20);
         assert_eq!(plan.limits.max_open_windows_per_shard, 1_000_000);
