@@ -1191,11 +1191,6 @@ impl SourceStage<'_> {
                 for b in &mut out.shards {
                     b.push(ShardMsg::Watermark(w, now));
                 }
-                // Sent now, not with the next full batch: the sessions it closes wait
-                // for it (a live job reads far fewer than a batch between slices).
-                if !self.send(&mut out, 0) {
-                    return Ok(counts);
-                }
             }
             if let Some(t) = self.telemetry {
                 let refresh = !bounded && ends_refreshed.elapsed() >= Duration::from_secs(1);
