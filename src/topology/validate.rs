@@ -59,7 +59,7 @@ const MAX_MAX_OUTPUT_RECORD_BYTES: u64 = 256 << 20;
 const OUTPUT_RECORD_OVERHEAD: u64 = 16 << 10;
 /// 8 MiB memtables: a checkpoint's inserts into a memtable cost a search that is mostly
 /// cache misses once the memtable outgrows the CPU caches. In a live job at 50,000
-/// records/s with 10 ms checkpoints, 32 MiB memtables took 4 ms of CPU time per commit;
+/// records/s with 10 ms checkpoints, 32 MiB memtables took 4.6 ms of CPU time per commit;
 /// 8 MiB ones about a fifth less, and the journey benchmark's peak RSS fell by 63 MiB
 /// at the same speed (its checkpoints of tens of MB are sorted and insert cheaply
 /// whatever the size).
