@@ -374,7 +374,7 @@ mod tests {
         let mut seen = Vec::new();
         let (mut written, mut step) = (0usize, 1usize);
         while seen.len() < values.len() {
-            // Pieces of growing, uneven sizes: 1, 4, 9, ... bytes, then large ones.
+            // Pieces of uneven sizes (9, 19, 31, ... bytes, growing up to 150,000).
             let piece = (step * step + 7 * step) % 150_000 + 1;
             let to = (written + piece).min(bytes.len());
             file.write_all(&bytes[written..to]).unwrap();
