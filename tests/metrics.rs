@@ -109,20 +109,21 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
             watcher.watch(&t.log.partition_dir(topic, p)).unwrap();
         }
     }
+    // What the previous round saw, for the message if the figures never agree.
+    let mut last = String::from("no scrape yet");
     let body = loop {
         assert!(
             Instant::now() < deadline,
-            "the job did not read its input in time"
+            "the job did not read and publish its input in time; last round: {last}"
         );
         let (status, body) = get(addr, "/metrics");
         assert_eq!(status, 200);
         let read = sum(&body, "braid_records_in_total");
         let lag = sum(&body, "braid_consumer_lag");
         let published = sum(&body, "braid_output_records_total");
-        let on_topics: usize = OUTPUTS
-            .iter()
-            .map(|topic| common::read_topic(&t.log, topic).len())
-            .sum();
+        // Each output topic read once a round: [journeys, late, dead letters].
+        let on_each = OUTPUTS.map(|topic| common::read_topic(&t.log, topic).len());
+        let on_topics: usize = on_each.iter().sum();
         // A scrape reads one family after another while the publisher updates them: the
         // latency count must have caught up with the output counters too.
         let latencies = sum(&body, "braid_end_to_end_latency_ms_count");
@@ -131,7 +132,7 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
         // (lateness) when a shard makes it, so the late topic catching up with that count
         // is what says the last checkpoint is out.
         let late_made = sum(&body, "braid_lateness_ms_count");
-        let late_on_topic = common::read_topic(&t.log, "customer.journey.late").len();
+        let late_on_topic = on_each[1];
         if read == input
             && lag == 0.0
             && published == on_topics as f64
@@ -141,6 +142,9 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
         {
             break body;
         }
+        last = format!(
+            "read {read} of {input}, lag {lag}, published {published}, on the topics {on_topics}, latencies {latencies}, late reports made {late_made}, on the late topic {late_on_topic}"
+        );
         // Woken by the next publication (the timeout only bounds a missed wake-up).
         watcher.wait_timeout(Duration::from_secs(2));
     };
@@ -158,7 +162,9 @@ fn scraped_figures_match_the_input_and_the_output_topics() {
     assert_eq!(kind("journey"), on("customer.journey"));
     assert_eq!(kind("late_arrival"), on("customer.journey.late"));
     assert_eq!(kind("dead_letter"), on("customer.journey.dlq"));
-    // One lateness observation per late report; one latency observation per record.
+    // One lateness observation per late report (the wait above already required it: a
+    // job that counts lateness apart from its reports fails there, at the deadline, with
+    // both figures); one latency observation per record.
     assert_eq!(
         sum(&body, "braid_lateness_ms_count"),
         on("customer.journey.late")

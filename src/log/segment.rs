@@ -318,9 +318,11 @@ impl SegmentCursor {
     /// Reads more of the file so that at least `needed` bytes are buffered; false when the
     /// file does not (yet) have them.
     fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
         let want = needed.max(READ_CHUNK);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
