@@ -6,7 +6,8 @@
 //! source positions that produced them, then stamped with their place
 //! (`"producer":{"job":…,"seq":…}` appended to the JSON object), appended to the output
 //! log, synced, and only then removed from the outbox (acknowledged). Between the
-//! thread that makes a record and the output log, only its compressed form is held.
+//! thread that makes a record and the output log, only its compressed form is held: on
+//! the embedded log the publisher decompresses each record straight into its frame.
 //!
 //! Invariants:
 //! - Sequence numbers of one job are dense and increasing per output partition; the next
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::{CrashPoint, crash_point, fail_point};
 use crate::log::{LogError, key_hash, partition_for_key, partition_of_hash};
 use crate::sink::{Sink, SinkError};
-use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack_with_room};
+use crate::state::{OutboxEntry, StateError, StateStore, pack, unpack_into};
 use crate::time::Backoff;
 
 /// Why output could not be published or recovered.
@@ -246,16 +247,8 @@ impl Outbox {
 
     /// The value of `entry` as published: unpacked and stamped with the job and seq.
     pub fn published_value(&self, dir: &Path, entry: &OutboxEntry) -> Result<Vec<u8>, OutboxError> {
-        let mut value = unpack_with_room(&entry.stored, STAMP_ROOM + self.job_json.len()).map_err(
-            |reason| OutboxError::CorruptEntry {
-                dir: dir.to_path_buf(),
-                topic: entry.topic.clone(),
-                partition: entry.partition,
-                seq: entry.seq,
-                reason,
-            },
-        )?;
-        stamp(&mut value, &self.job_json, entry.seq);
+        let mut value = Vec::new();
+        write_published(&mut value, dir, &self.job_json, entry)?;
         Ok(value)
     }
 
@@ -273,22 +266,22 @@ impl Outbox {
                 .or_default()
                 .push(e);
         }
+        let (dir, job_json) = (store.dir(), self.job_json.as_str());
         for ((topic, partition), batch) in &by_partition {
-            let values = batch
-                .iter()
-                .map(|e| self.published_value(store.dir(), e))
-                .collect::<Result<Vec<_>, _>>()?;
             let sink = self.sink.as_mut().expect("a placer never publishes");
             fail_point(CrashPoint::Publish)
                 .map_err(|source| sink.injected_fault(topic, *partition, source))?;
-            sink.append(
+            // Each value is decompressed straight into its frame; a corrupt entry stops
+            // the publication after the entries before it (a restart then republishes
+            // from it, and stops there again).
+            sink.append_with(
                 topic,
                 *partition,
-                batch
-                    .iter()
-                    .zip(&values)
-                    .map(|(e, v)| (e.key.as_deref(), v.as_slice())),
-            )?;
+                batch.iter().map(|e| {
+                    let write = move |out: &mut Vec<u8>| write_published(out, dir, job_json, e);
+                    (e.key.as_deref(), write)
+                }),
+            )??;
             crash_point(CrashPoint::Publish);
         }
         crash_point(CrashPoint::Ack);
@@ -500,10 +493,37 @@ impl Outbox {
 /// and at most 20 digits of seq.
 const STAMP_ROOM: usize = 48;
 
+/// Appends `entry`'s value as published to `out`: unpacked, then stamped.
+fn write_published(
+    out: &mut Vec<u8>,
+    dir: &Path,
+    job_json: &str,
+    entry: &OutboxEntry,
+) -> Result<(), OutboxError> {
+    let start = out.len();
+    unpack_into(&entry.stored, out, STAMP_ROOM + job_json.len()).map_err(|reason| {
+        OutboxError::CorruptEntry {
+            dir: dir.to_path_buf(),
+            topic: entry.topic.clone(),
+            partition: entry.partition,
+            seq: entry.seq,
+            reason,
+        }
+    })?;
+    stamp_from(out, start, job_json, entry.seq);
+    Ok(())
+}
+
 /// Appends `"producer":{"job":<job_json>,"seq":<seq>}` to the JSON object in `value`.
+#[cfg(test)]
 fn stamp(value: &mut Vec<u8>, job_json: &str, seq: u64) {
-    let empty = value.len() <= 2;
-    if value.last() == Some(&b'}') {
+    stamp_from(value, 0, job_json, seq);
+}
+
+/// [`stamp`] of the JSON object that starts at `start` and ends `value`.
+fn stamp_from(value: &mut Vec<u8>, start: usize, job_json: &str, seq: u64) {
+    let empty = value.len() - start <= 2;
+    if value.len() > start && value.last() == Some(&b'}') {
         value.pop();
     }
     let sep = if empty { "" } else { "," };
@@ -596,6 +616,32 @@ mod tests {
         let mut empty = b"{}".to_vec();
         stamp(&mut empty, "\"j\"", 9);
         assert_eq!(empty, br#"{"producer":{"job":"j","seq":9}}"#);
+    }
+
+    #[test]
+    fn a_corrupt_entry_stops_publication_after_the_entries_before_it() {
+        let (_d, log, store) = setup();
+        let mut ob =
+            Outbox::new("job", sink(&log), ["j", "l", "d"], SequenceCounters::new()).unwrap();
+        let mut entries: Vec<OutboxEntry> = (1..=3)
+            .map(|n| ob.place(record(OutKind::Journey, "k", n)))
+            .collect();
+        entries[1].stored.truncate(3);
+        commit(&store, &entries);
+        let err = ob.publish(&store, &entries).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {}: outbox entry seq 2 of output topic `j` partition {} is corrupt (3 bytes, too short for a packed value); restore the state directory or replay into a new one",
+                store.dir().display(),
+                entries[0].partition
+            )
+        );
+        // The entry before it went out whole and stamped; nothing after it did.
+        assert_eq!(
+            published(&log, "j"),
+            vec![serde_json::json!({"n": 1, "producer": {"job": "job", "seq": 1}})]
+        );
     }
 
     #[test]

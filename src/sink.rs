@@ -134,6 +134,36 @@ impl Sink {
         partition: u32,
         records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8])>,
     ) -> Result<(), SinkError> {
+        let appended = self.append_with(
+            topic,
+            partition,
+            records.into_iter().map(|(key, value)| {
+                let write = move |out: &mut Vec<u8>| {
+                    out.extend_from_slice(value);
+                    Ok::<(), std::convert::Infallible>(())
+                };
+                (key, write)
+            }),
+        )?;
+        let Ok(()) = appended;
+        Ok(())
+    }
+
+    /// [`Sink::append`] of values that each write themselves: on the embedded log straight
+    /// into their frames ([`PartitionWriter::append_with`]), so the outbox's publisher
+    /// decompresses a record only once and holds no batch of decompressed values. When a
+    /// value's writer fails, the records before it are appended durably and its error is
+    /// returned inside `Ok`.
+    pub fn append_with<'a, I, W, E>(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        records: I,
+    ) -> Result<Result<(), E>, SinkError>
+    where
+        I: IntoIterator<Item = (Option<&'a [u8]>, W)>,
+        W: FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    {
         match &self.backend {
             Backend::Embedded(log) => {
                 let key = (topic.to_owned(), partition);
@@ -142,8 +172,9 @@ impl Sink {
                     self.writers.insert(key.clone(), w);
                 }
                 let writer = self.writers.get_mut(&key).expect("inserted above");
-                writer.append(records)?;
-                Ok(())
+                let now = crate::time::wall_clock_ms();
+                let appended = writer.append_with(records.into_iter().map(|(k, w)| (k, now, w)))?;
+                Ok(appended.map(|_| ()))
             }
             Backend::Fluvio(cluster) => {
                 let cluster = Arc::clone(cluster);
@@ -153,14 +184,21 @@ impl Sink {
                     self.producers.insert(key.clone(), p);
                 }
                 let producer = &self.producers[&key];
-                let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = records
-                    .into_iter()
-                    .map(|(k, v)| (k.map(<[u8]>::to_vec), v.to_vec()))
-                    .collect();
+                let mut values = Vec::new();
+                let mut failed = None;
+                for (k, write) in records {
+                    let mut value = Vec::new();
+                    if let Err(e) = write(&mut value) {
+                        failed = Some(e);
+                        break;
+                    }
+                    values.push((k.map(<[u8]>::to_vec), value));
+                }
                 cluster
-                    .send_all(producer, records)
+                    .send_all(producer, values)
                     .inspect_err(|_| self.reset())
-                    .map_err(SinkError::from)
+                    .map_err(SinkError::from)?;
+                Ok(failed.map_or(Ok(()), Err))
             }
         }
     }

@@ -82,6 +82,60 @@ fn append_and_read_back_across_segment_rolls() {
 }
 
 #[test]
+fn a_value_that_fails_to_write_itself_ends_the_batch_after_the_records_before_it() {
+    let t = TempLog::new();
+    t.log.create_topic("t", 1).unwrap();
+    let mut w = t.log.writer("t", 0, small_segments()).unwrap();
+    let values: Vec<Vec<u8>> = (0..100).map(value).collect();
+    // Record 60 fails halfway through writing its value, over several segment rolls.
+    let appended = w
+        .append_with(values.iter().enumerate().map(|(i, v)| {
+            let write = move |out: &mut Vec<u8>| {
+                if i == 60 {
+                    out.extend_from_slice(&v[..10]);
+                    return Err(format!("value {i} is corrupt"));
+                }
+                out.extend_from_slice(v);
+                Ok(())
+            };
+            (key(i as u64).map(|_| &b"k"[..]), 7_000, write)
+        }))
+        .unwrap();
+    assert_eq!(appended, Err("value 60 is corrupt".to_owned()));
+    assert_eq!(w.next_offset(), 60);
+    // The writer goes on from there, and a reopened writer agrees.
+    let more = w.append_at([(None, &value(60)[..])], 8_000).unwrap();
+    assert_eq!(more, 60..61);
+    drop(w);
+    assert_eq!(
+        t.log
+            .writer("t", 0, small_segments())
+            .unwrap()
+            .next_offset(),
+        61
+    );
+    let info = t.log.partition_info("t", 0).unwrap();
+    assert!(
+        info.segments > 3,
+        "expected rolls, got {} segments",
+        info.segments
+    );
+    // Every record reads back whole, from the start and through the index.
+    let mut r = t.log.reader("t", 0, 0).unwrap();
+    let all = r.read_batch(1000).unwrap();
+    assert_eq!(all.len(), 61);
+    for (i, rec) in all.iter().enumerate() {
+        assert_eq!(rec.offset, i as u64);
+        assert_eq!(rec.value, value(i as u64));
+    }
+    let tail = t.log.reader("t", 0, 55).unwrap().read_batch(1000).unwrap();
+    assert_eq!(
+        tail.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (55..61).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn reading_from_an_offset_uses_the_index_not_a_scan() {
     let t = TempLog::new();
     fill(

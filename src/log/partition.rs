@@ -211,24 +211,65 @@ impl PartitionWriter {
     where
         I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
     {
+        let (topic, partition) = (&self.part.topic.clone(), self.part.partition);
+        // An oversized value is refused before it is copied into a frame.
+        self.append_with(records.into_iter().map(|(key, value, ts)| {
+            let write = move |out: &mut Vec<u8>| {
+                if record::frame_len(key, value) - record::FRAME_HEADER > record::MAX_BODY_BYTES {
+                    return Err(LogError::RecordTooLarge {
+                        topic: topic.clone(),
+                        partition,
+                        size: value.len(),
+                        max: record::MAX_BODY_BYTES,
+                    });
+                }
+                out.extend_from_slice(value);
+                Ok(())
+            };
+            (key, ts, write)
+        }))?
+    }
+
+    /// [`PartitionWriter::append_timed`] of values that each write themselves into their
+    /// frame ([`record::encode_with`]). When a value's writer fails, the records before
+    /// it are appended and synced as a whole batch would be, and its error is returned
+    /// inside `Ok`; the failed record and those after it are not appended.
+    pub fn append_with<'a, I, W, E>(
+        &mut self,
+        records: I,
+    ) -> Result<Result<std::ops::Range<u64>, E>, LogError>
+    where
+        I: IntoIterator<Item = (Option<&'a [u8]>, i64, W)>,
+        W: FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    {
         let first = self.next_offset;
-        for (key, value, timestamp_ms) in records {
+        let mut failed = None;
+        for (key, timestamp_ms, write) in records {
             let ts = timestamp_ms.max(self.last_timestamp);
-            let len = record::frame_len(key, value);
-            if len - record::FRAME_HEADER > record::MAX_BODY_BYTES {
-                self.write_pending()?;
-                return Err(LogError::RecordTooLarge {
-                    topic: self.part.topic.clone(),
-                    partition: self.part.partition,
-                    size: value.len(),
-                    max: record::MAX_BODY_BYTES,
-                });
-            }
             let position = self.size + self.frames.len() as u64;
             if position >= self.opts.segment_bytes && self.next_offset > self.base {
                 self.roll()?;
             }
             let position = self.size + self.frames.len() as u64;
+            let len = match record::encode_with(&mut self.frames, self.next_offset, ts, key, write)
+            {
+                Ok(len) => len,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            if len - record::FRAME_HEADER > record::MAX_BODY_BYTES {
+                let value = len - record::frame_len(key, &[]);
+                self.frames.truncate(self.frames.len() - len);
+                self.write_pending()?;
+                return Err(LogError::RecordTooLarge {
+                    topic: self.part.topic.clone(),
+                    partition: self.part.partition,
+                    size: value,
+                    max: record::MAX_BODY_BYTES,
+                });
+            }
             if self.next_offset == self.base || self.since_index >= self.opts.index_interval_bytes {
                 IndexEntry {
                     offset: self.next_offset,
@@ -238,7 +279,6 @@ impl PartitionWriter {
                 .encode(self.base, &mut self.index_buf);
                 self.since_index = 0;
             }
-            record::encode(&mut self.frames, self.next_offset, ts, key, value);
             self.since_index += len as u64;
             self.next_offset += 1;
             self.last_timestamp = ts;
@@ -258,7 +298,10 @@ impl PartitionWriter {
         if due && self.next_offset > first {
             self.sync()?;
         }
-        Ok(first..self.next_offset)
+        Ok(match failed {
+            None => Ok(first..self.next_offset),
+            Some(e) => Err(e),
+        })
     }
 
     /// Forces appended frames to stable storage.

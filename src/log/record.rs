@@ -35,10 +35,27 @@ pub fn frame_len(key: Option<&[u8]>, value: &[u8]) -> usize {
 
 /// Appends one frame to `out`.
 pub fn encode(out: &mut Vec<u8>, offset: u64, timestamp_ms: i64, key: Option<&[u8]>, value: &[u8]) {
+    let written = encode_with(out, offset, timestamp_ms, key, |out| {
+        out.extend_from_slice(value);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let Ok(_) = written;
+}
+
+/// Appends one frame whose value `write` appends to `out` in place, so that a producer
+/// need not build the value in a buffer of its own first (the outbox decompresses a
+/// record straight into the frame). Returns the frame's length; if `write` fails, `out`
+/// is left as it was. The caller checks the length against [`MAX_BODY_BYTES`].
+pub fn encode_with<E>(
+    out: &mut Vec<u8>,
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<&[u8]>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<usize, E> {
     let start = out.len();
-    let body_len = frame_len(key, value) - FRAME_HEADER;
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    // The body length and the CRC are known only once the value is written.
+    out.extend_from_slice(&[0; FRAME_HEADER]);
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&timestamp_ms.to_le_bytes());
     match key {
@@ -48,9 +65,15 @@ pub fn encode(out: &mut Vec<u8>, offset: u64, timestamp_ms: i64, key: Option<&[u
         }
         None => out.extend_from_slice(&(-1i32).to_le_bytes()),
     }
-    out.extend_from_slice(value);
+    if let Err(e) = write(out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let body_len = out.len() - start - FRAME_HEADER;
     let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out.len() - start)
 }
 
 /// What a byte slice holds at its start.
@@ -158,6 +181,27 @@ mod tests {
             assert_eq!(rec.key.as_deref(), key);
             assert_eq!(rec.value, b"{\"a\":1}");
         }
+    }
+
+    #[test]
+    fn a_value_written_in_place_makes_the_same_frame_and_a_failed_one_leaves_nothing() {
+        let mut out = b"earlier bytes".to_vec();
+        let len = encode_with(&mut out, 9, 5, Some(b"k"), |o| {
+            o.extend_from_slice(b"{\"a\":");
+            o.extend_from_slice(b"1}");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(len, frame_len(Some(b"k"), b"{\"a\":1}"));
+        let mut expected = b"earlier bytes".to_vec();
+        encode(&mut expected, 9, 5, Some(b"k"), b"{\"a\":1}");
+        assert_eq!(out, expected);
+        let failed = encode_with(&mut out, 10, 5, None, |o| {
+            o.extend_from_slice(b"half a val");
+            Err("corrupt")
+        });
+        assert_eq!(failed, Err("corrupt"));
+        assert_eq!(out, expected);
     }
 
     #[test]

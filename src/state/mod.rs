@@ -159,12 +159,14 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
 /// Reverses [`pack`]. A declared size beyond what LZ4 can expand the input to is
 /// corruption, refused before allocating it.
 pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, String> {
-    unpack_with_room(stored, 0)
+    let mut out = Vec::new();
+    unpack_into(stored, &mut out, 0)?;
+    Ok(out)
 }
 
-/// [`unpack`] into a buffer with `room` bytes of capacity to spare, for a value that is
-/// appended to before it is used (the outbox's stamp): it then never grows by copying.
-pub fn unpack_with_room(stored: &[u8], room: usize) -> Result<Vec<u8>, String> {
+/// [`unpack`], appending to `out` (with `room` bytes of capacity to spare after it); on an
+/// error `out` is left as it was.
+pub fn unpack_into(stored: &[u8], out: &mut Vec<u8>, room: usize) -> Result<(), String> {
     let Some((size, body)) = stored.split_first_chunk::<4>() else {
         return Err(format!(
             "{} bytes, too short for a packed value",
@@ -179,13 +181,21 @@ pub fn unpack_with_room(stored: &[u8], room: usize) -> Result<Vec<u8>, String> {
             body.len()
         ));
     }
-    let mut out = Vec::with_capacity(size + room);
-    out.resize(size, 0);
-    let n = lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string())?;
+    let start = out.len();
+    out.reserve(size + room);
+    out.resize(start + size, 0);
+    let n = match lz4_flex::block::decompress_into(body, &mut out[start..]) {
+        Ok(n) => n,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e.to_string());
+        }
+    };
     if n != size {
+        out.truncate(start);
         return Err(format!("declares {size} bytes uncompressed, holds {n}"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes a key state for a checkpoint upsert: postcard, then [`pack`].
