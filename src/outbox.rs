@@ -489,7 +489,7 @@ impl Outbox {
     }
 }
 
-/// Bytes [`stamp`] adds besides the job's JSON string: the member name and punctuation,
+/// Bytes [`stamp_from`] adds besides the job's JSON string: the member name and punctuation,
 /// and at most 20 digits of seq.
 const STAMP_ROOM: usize = 48;
 
@@ -514,13 +514,8 @@ fn write_published(
     Ok(())
 }
 
-/// Appends `"producer":{"job":<job_json>,"seq":<seq>}` to the JSON object in `value`.
-#[cfg(test)]
-fn stamp(value: &mut Vec<u8>, job_json: &str, seq: u64) {
-    stamp_from(value, 0, job_json, seq);
-}
-
-/// [`stamp`] of the JSON object that starts at `start` and ends `value`.
+/// Appends `"producer":{"job":<job_json>,"seq":<seq>}` to the JSON object that starts at
+/// `start` and ends `value`.
 fn stamp_from(value: &mut Vec<u8>, start: usize, job_json: &str, seq: u64) {
     let empty = value.len() - start <= 2;
     if value.len() > start && value.last() == Some(&b'}') {
@@ -614,7 +609,7 @@ mod tests {
             r#"{"n":1,"producer":{"job":"job \"x\"","seq":1}}"#
         );
         let mut empty = b"{}".to_vec();
-        stamp(&mut empty, "\"j\"", 9);
+        stamp_from(&mut empty, 0, "\"j\"", 9);
         assert_eq!(empty, br#"{"producer":{"job":"j","seq":9}}"#);
     }
 
