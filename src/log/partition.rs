@@ -59,6 +59,16 @@ pub(crate) struct PartitionRef {
 }
 
 impl PartitionRef {
+    /// A record of `size` value bytes this partition cannot hold.
+    fn too_large(&self, size: usize) -> LogError {
+        LogError::RecordTooLarge {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            size,
+            max: record::MAX_BODY_BYTES,
+        }
+    }
+
     /// Wraps an I/O error on `path`. Lazy: the topic and path are copied only when an error
     /// actually happens, because readers call this once per record (`peek().map_err(..)`).
     fn io<'a>(&'a self, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
@@ -211,17 +221,12 @@ impl PartitionWriter {
     where
         I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
     {
-        let (topic, partition) = (&self.part.topic.clone(), self.part.partition);
+        let part = &self.part.clone();
         // An oversized value is refused before it is copied into a frame.
         self.append_with(records.into_iter().map(|(key, value, ts)| {
             let write = move |out: &mut Vec<u8>| {
                 if record::frame_len(key, value) - record::FRAME_HEADER > record::MAX_BODY_BYTES {
-                    return Err(LogError::RecordTooLarge {
-                        topic: topic.clone(),
-                        partition,
-                        size: value.len(),
-                        max: record::MAX_BODY_BYTES,
-                    });
+                    return Err(part.too_large(value.len()));
                 }
                 out.extend_from_slice(value);
                 Ok(())
@@ -263,12 +268,7 @@ impl PartitionWriter {
                 let value = len - record::frame_len(key, &[]);
                 self.frames.truncate(self.frames.len() - len);
                 self.write_pending()?;
-                return Err(LogError::RecordTooLarge {
-                    topic: self.part.topic.clone(),
-                    partition: self.part.partition,
-                    size: value,
-                    max: record::MAX_BODY_BYTES,
-                });
+                return Err(self.part.too_large(value));
             }
             if self.next_offset == self.base || self.since_index >= self.opts.index_interval_bytes {
                 IndexEntry {

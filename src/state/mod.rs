@@ -184,18 +184,13 @@ pub fn unpack_into(stored: &[u8], out: &mut Vec<u8>, room: usize) -> Result<(), 
     let start = out.len();
     out.reserve(size + room);
     out.resize(start + size, 0);
-    let n = match lz4_flex::block::decompress_into(body, &mut out[start..]) {
-        Ok(n) => n,
-        Err(e) => {
-            out.truncate(start);
-            return Err(e.to_string());
-        }
+    let reason = match lz4_flex::block::decompress_into(body, &mut out[start..]) {
+        Ok(n) if n == size => return Ok(()),
+        Ok(n) => format!("declares {size} bytes uncompressed, holds {n}"),
+        Err(e) => e.to_string(),
     };
-    if n != size {
-        out.truncate(start);
-        return Err(format!("declares {size} bytes uncompressed, holds {n}"));
-    }
-    Ok(())
+    out.truncate(start);
+    Err(reason)
 }
 
 /// Encodes a key state for a checkpoint upsert: postcard, then [`pack`].
