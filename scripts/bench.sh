@@ -6,8 +6,9 @@
 #             (one final checkpoint: interval 1 h) to show what checkpointing costs
 # The configurations run in turn, RUNS rounds of one run each, so that a drift of the
 # machine's speed hits them alike; each figure is the median of its RUNS runs, and each
-# ratio the median of the rounds' own ratios. Peak RSS from GNU time; RocksDB batches =
-# bytes of the checkpoint batches written (the last run's summary). Release build.
+# ratio the median of the rounds' own ratios. Peak RSS from GNU time; checkpoint writes =
+# bytes the checkpoints wrote: RocksDB batches and outbox journals (the last run's
+# summary). Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
 #
 # `scripts/bench.sh --fluvio [ENDPOINT]` also runs the baseline and braid (default shards)
@@ -59,13 +60,13 @@ run_once() {
   tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
   field "$WORK/summary.json" checkpoint_bytes >"$WORK/$name.written"
 }
-# report NAME: NAME's line: median events/s and peak RSS, the last run's RocksDB batches.
+# report NAME: NAME's line: median events/s and peak RSS, the last run's checkpoint writes.
 report() {
   local name="$1" rate rss written
   rate="$(median <"$WORK/$name.rates")"
   rss="$(median <"$WORK/$name.rss")"
   written="$(cat "$WORK/$name.written")"
-  printf '%-22s %12s events/s   peak RSS %6d MiB   RocksDB batches %6s MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(( ${written:-0} / 1048576 ))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
+  printf '%-22s %12s events/s   peak RSS %6d MiB   checkpoint writes %6s MiB   (runs: %s)\n' "$name" "$rate" "$((rss / 1024))" "$(( ${written:-0} / 1048576 ))" "$(tr '\n' ' ' <"$WORK/$name.rates")"
 }
 # ratio LABEL A B: the median over rounds of A's events/s over B's in the same round.
 # The configurations run in turn, round after round, so a drift of the machine's speed

@@ -154,8 +154,8 @@ pub struct Summary {
     pub state_bytes_peak: u64,
     /// Most windows open at once (per checkpoint interval, the sum of each shard's peak).
     pub open_windows_peak: u64,
-    /// Bytes of the checkpoint batches written to RocksDB (what the WAL and memtables
-    /// took; flushes and compactions come on top).
+    /// Bytes the checkpoints wrote: their RocksDB batches (what the WAL and memtables
+    /// took; flushes and compactions come on top) and their outbox journals.
     pub checkpoint_bytes: u64,
     /// Publication attempts repeated after a failure (docs/semantics.md, "Delivery").
     pub sink_retries: u64,

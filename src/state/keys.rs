@@ -7,17 +7,22 @@
 //! | `meta`      | `b"format_version"`                   | u32 big-endian ([`FORMAT_VERSION`])    |
 //! | `meta`      | `b"fingerprint"`                      | u128 big-endian (the plan fingerprint) |
 //! | `meta`      | `b"watermarks"`                       | postcard-encoded watermark snapshot    |
+//! | `meta`      | `b"next_journal"`                     | u64 big-endian: the next journal's number (never reused) |
 //! | `positions` | `str(topic) ‖ u32be(partition)`       | u64 big-endian: next offset to read    |
 //! | `keys`      | the correlation key's UTF-8 bytes     | packed head of the key's state         |
 //! | `chunks`    | `str(key) ‖ u32be(chunk id)`          | packed chunk of the key's events       |
-//! | `outbox`    | `str(topic) ‖ u32be(partition) ‖ u64be(seq)` | postcard-encoded record (key, value) |
+//! | `outbox`    | `b"j" ‖ u64be(n)`                     | postcard `JournalMeta` of journal `n`  |
+//! | `outbox`    | `b"a" ‖ u64be(n) ‖ str(topic) ‖ u32be(partition)` | u64 big-endian: journal `n`'s records of that partition acknowledged up to this seq |
 //!
 //! `str(s)` is the order-preserving escaped form of a string: every 0x00 byte becomes
 //! `00 FF` and the string ends with `00 01`. It is self-delimiting (a topic may contain any
 //! byte, a prefix of one topic is never confused with another) and byte-wise comparison
-//! of encoded keys equals comparison of the `(topic, partition, seq)` tuples, so a
-//! RocksDB iterator walks the outbox in sequence order per topic/partition. Integers
-//! are big-endian for the same reason (little-endian would put seq 256 before seq 1).
+//! of encoded keys equals comparison of the tuples, so a RocksDB iterator walks positions
+//! by (topic, partition) and the outbox's journals by number. Integers are big-endian
+//! for the same reason (little-endian would put 256 before 1).
+//!
+//! The output records themselves are not in RocksDB: each checkpoint's are in a journal
+//! file that its `outbox` entry names (`crate::state::journal`).
 //!
 //! The `keys` CF holds only correlation keys, so it needs no framing: the key is stored
 //! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap. A key's
@@ -27,7 +32,7 @@
 //! one key's chunks are exactly the keys with prefix `str(key)`, in id order.
 
 /// Version of this layout; stored in `meta` on creation and checked on open.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Column family names.
 pub const CF_META: &str = "meta";
@@ -42,6 +47,7 @@ pub const ALL_CFS: [&str; 5] = [CF_META, CF_POSITIONS, CF_KEYS, CF_OUTBOX, CF_CH
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_FINGERPRINT: &[u8] = b"fingerprint";
 pub const META_WATERMARKS: &[u8] = b"watermarks";
+pub const META_NEXT_JOURNAL: &[u8] = b"next_journal";
 
 /// Why a stored key could not be decoded; the store adds the directory and CF.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +60,8 @@ pub enum KeyError {
     NotUtf8,
     #[error("expected {expected} trailing bytes, found {found}")]
     BadLength { expected: usize, found: usize },
+    #[error("unknown tag byte 0x{0:02x}")]
+    BadTag(u8),
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -140,18 +148,61 @@ pub fn decode_position_key(key: &[u8]) -> Result<(String, u32), KeyError> {
     decode_str_u32(key)
 }
 
-/// Key of one output record in the `outbox` CF.
-pub fn outbox_key(topic: &str, partition: u32, seq: u64) -> Vec<u8> {
-    let mut out = partition_prefix(topic, partition);
-    out.extend_from_slice(&seq.to_be_bytes());
+/// Key of journal `n`'s entry in the `outbox` CF.
+pub fn journal_key(n: u64) -> [u8; 9] {
+    let mut out = [b'j'; 9];
+    out[1..].copy_from_slice(&n.to_be_bytes());
     out
 }
 
-pub fn decode_outbox_key(key: &[u8]) -> Result<(String, u32, u64), KeyError> {
-    let (topic, rest) = take_str(key)?;
-    let (partition, rest) = take_u32(rest)?;
-    let seq = decode_u64(rest)?;
-    Ok((topic, partition, seq))
+/// Key of how far journal `n`'s records of an output topic/partition are acknowledged,
+/// in the `outbox` CF.
+pub fn ack_key(n: u64, topic: &str, partition: u32) -> Vec<u8> {
+    let mut out = vec![b'a'];
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(&partition_prefix(topic, partition));
+    out
+}
+
+/// The range `[from, to)` of journal `n`'s acknowledgement keys.
+pub fn ack_range(n: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut from = vec![b'a'];
+    from.extend_from_slice(&n.to_be_bytes());
+    let to = match n.checked_add(1) {
+        Some(next) => {
+            let mut to = vec![b'a'];
+            to.extend_from_slice(&next.to_be_bytes());
+            to
+        }
+        None => vec![b'b'],
+    };
+    (from, to)
+}
+
+/// An `outbox` CF key: a journal's or an acknowledgement's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxKey {
+    Journal(u64),
+    Ack(u64, String, u32),
+}
+
+pub fn decode_outbox_key(key: &[u8]) -> Result<OutboxKey, KeyError> {
+    match key.split_first() {
+        Some((b'j', n)) => Ok(OutboxKey::Journal(decode_u64(n)?)),
+        Some((b'a', rest)) => {
+            let (n, rest) = rest.split_at_checked(8).ok_or(KeyError::BadLength {
+                expected: 8,
+                found: rest.len(),
+            })?;
+            let (topic, partition) = decode_str_u32(rest)?;
+            Ok(OutboxKey::Ack(decode_u64(n)?, topic, partition))
+        }
+        Some((&other, _)) => Err(KeyError::BadTag(other)),
+        None => Err(KeyError::BadLength {
+            expected: 9,
+            found: 0,
+        }),
+    }
 }
 
 /// Key of a correlation key's state in the `keys` CF.
@@ -179,7 +230,7 @@ pub fn decode_chunk_key(key: &[u8]) -> Result<(String, u32), KeyError> {
     decode_str_u32(key)
 }
 
-/// Decodes exactly eight big-endian bytes (position values, outbox seqs).
+/// Decodes exactly eight big-endian bytes (position values, journal numbers, acks).
 pub fn decode_u64(bytes: &[u8]) -> Result<u64, KeyError> {
     let buf: [u8; 8] = bytes.try_into().map_err(|_| KeyError::BadLength {
         expected: 8,
@@ -231,23 +282,33 @@ mod tests {
         }
 
         #[test]
-        fn outbox_keys_round_trip_and_sort_like_tuples(
-            a in (tricky_string(), any::<u32>(), any::<u64>()),
-            b in (tricky_string(), any::<u32>(), any::<u64>()),
+        fn outbox_keys_round_trip_and_a_journals_acks_are_its_range(
+            (topic, partition) in (tricky_string(), any::<u32>()),
+            a in any::<u64>(),
+            b in any::<u64>(),
         ) {
-            let ka = outbox_key(&a.0, a.1, a.2);
-            let kb = outbox_key(&b.0, b.1, b.2);
-            prop_assert_eq!(decode_outbox_key(&ka).unwrap(), a.clone());
-            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            let (ja, jb) = (journal_key(a), journal_key(b));
+            prop_assert_eq!(decode_outbox_key(&ja).unwrap(), OutboxKey::Journal(a));
+            prop_assert_eq!(ja.cmp(&jb), a.cmp(&b));
+            let ack = ack_key(a, &topic, partition);
+            prop_assert_eq!(
+                decode_outbox_key(&ack).unwrap(),
+                OutboxKey::Ack(a, topic.clone(), partition)
+            );
+            let in_range = |n: u64| {
+                let (from, to) = ack_range(n);
+                from <= ack && ack < to
+            };
+            prop_assert!(in_range(a));
+            prop_assert_eq!(in_range(b), a == b);
         }
     }
 
     #[test]
-    fn seq_order_is_numeric_not_bytewise_little_endian() {
-        let seqs = [1u64, 255, 256, 65_536, 1 << 32, (1 << 32) + 1, u64::MAX];
-        for w in seqs.windows(2) {
-            assert!(outbox_key("t", 0, w[0]) < outbox_key("t", 0, w[1]));
-        }
+    fn the_last_journals_ack_range_is_closed() {
+        let (from, to) = ack_range(u64::MAX);
+        let ack = ack_key(u64::MAX, "\u{10FFFF}", u32::MAX);
+        assert!(from <= ack && ack < to);
     }
 
     #[test]
@@ -259,10 +320,12 @@ mod tests {
             "invalid escape 0x00 0x07"
         );
         assert_eq!(
-            decode_outbox_key(b"t\x00\x01\x00\x00\x00\x01\x02")
-                .unwrap_err()
-                .to_string(),
-            "expected 8 trailing bytes, found 1"
+            decode_outbox_key(b"j\x00\x01\x02").unwrap_err().to_string(),
+            "expected 8 trailing bytes, found 3"
+        );
+        assert_eq!(
+            decode_outbox_key(b"t\x00\x01").unwrap_err().to_string(),
+            "unknown tag byte 0x74"
         );
         assert_eq!(decode_state_key(b"\xff").unwrap_err(), KeyError::NotUtf8);
     }

@@ -4,9 +4,11 @@
 //! A [`Checkpoint`] carries everything that changed since the previous one — upserted
 //! and deleted per-key states, source positions, the watermark snapshot and the output
 //! records produced since (the outbox) — and [`StateStore::commit`] writes it as ONE
-//! RocksDB `WriteBatch` with the WAL fsynced. That is the invariant recovery rests on:
-//! after a crash the store holds exactly the last committed checkpoint, never a part of
-//! one, so positions, state and not-yet-published output always agree.
+//! RocksDB `WriteBatch` with the WAL fsynced. The output records themselves go to a
+//! [`journal`] file, fsynced first, that the batch names: they count only once it is
+//! committed. That is the invariant recovery rests on: after a crash the store holds
+//! exactly the last committed checkpoint, never a part of one, so positions, state and
+//! not-yet-published output always agree.
 //!
 //! Other invariants:
 //! - A directory is opened only if it is a braid state store of this layout version
@@ -15,15 +17,16 @@
 //! - One writer: RocksDB's `LOCK` file excludes a second open, in this or another
 //!   process. [`StateStore::open_read_only`] reads alongside a writer (as of the
 //!   moment it opened) for `braid inspect`.
-//! - Only the checkpoint batch is fsynced; acks of published output are not (a lost
-//!   ack re-offers entries whose seq the publisher has already written, so the
-//!   publisher skips seqs it finds published).
+//! - Only the checkpoint (journal, then batch) is fsynced, and the removal of a journal
+//!   whose every record is acknowledged (so that a named journal always has its file).
+//!   Other acks of published output are not (a lost ack re-offers entries whose seq the
+//!   publisher has already written, so the publisher skips seqs it finds published).
 //!
 //! Values are postcard-encoded serde values; key encoding lives in [`keys`]. The bulky
 //! values — key states and outbox records — are stored LZ4-compressed ([`pack`]): they
 //! are JSON-heavy, so compressing them on the threads that produce them (the shards)
-//! shrinks the batch the single committer writes, the WAL, the memtables and the
-//! flushes several times over.
+//! shrinks what the single committer writes (batch, WAL, memtables, flushes, journals)
+//! about twofold.
 //!
 //! A key's state is written through [`Persist`]: a *head* (the whole state, for most
 //! kinds) and optionally *chunks*. Sessions keep their events in chunks, each event
@@ -33,11 +36,13 @@
 //! session it touched, payloads included: on the journey benchmark with 100 ms
 //! checkpoints, 1,190 MB of batches against 688 MB now (docs/semantics.md).
 
+pub mod journal;
 pub mod keys;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::fault::{CrashPoint, fail_point};
 use rocksdb::{
@@ -47,9 +52,10 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use journal::JournalMeta;
 use keys::{
     ALL_CFS, CF_CHUNKS, CF_KEYS, CF_META, CF_OUTBOX, CF_POSITIONS, FORMAT_VERSION, KeyError,
-    META_FINGERPRINT, META_FORMAT_VERSION, META_WATERMARKS,
+    META_FINGERPRINT, META_FORMAT_VERSION, META_NEXT_JOURNAL, META_WATERMARKS, OutboxKey,
 };
 
 /// Errors of the state store; every one names the state directory.
@@ -102,6 +108,14 @@ pub enum StateError {
     WriteFailed {
         dir: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "state directory {dir}: outbox journal {file} is corrupt ({reason}); restore the state directory or replay into a new one"
+    )]
+    CorruptJournal {
+        dir: PathBuf,
+        file: PathBuf,
+        reason: String,
     },
     #[error("state directory {dir} is open read-only; cannot {action}")]
     ReadOnly { dir: PathBuf, action: &'static str },
@@ -337,9 +351,9 @@ pub struct StateOptions {
     /// Shared LRU block cache, bounded so state size does not become memory size.
     pub block_cache_bytes: usize,
     /// All memtables together: a write buffer manager flushes the largest one when they
-    /// exceed it, and each column family's memtable is a quarter of it (the three busy
-    /// ones — keys, chunks, outbox — then fit with room for one being flushed), at most
-    /// 64 MiB.
+    /// exceed it, and each column family's memtable is a quarter of it (the busy ones —
+    /// keys and chunks; output records are in journals — then fit with room for one
+    /// being flushed), at most 64 MiB.
     pub write_buffer_bytes: usize,
 }
 
@@ -371,15 +385,6 @@ pub struct OutboxEntry {
     /// The value as the store keeps it; the outbox module owns that format and makes
     /// the published value from it.
     pub stored: Vec<u8>,
-}
-
-/// The value part of an outbox entry as stored (topic, partition and seq are the key).
-#[derive(Serialize, Deserialize)]
-struct StoredRecord<'a> {
-    #[serde(borrow, serialize_with = "opt_bytes")]
-    key: Option<&'a [u8]>,
-    #[serde(borrow, serialize_with = "bytes")]
-    value: &'a [u8],
 }
 
 // serde writes a `[u8]` as a sequence, one `serialize_u8` call per byte: on the journey
@@ -431,9 +436,9 @@ pub struct CommitStats {
     pub deletes: usize,
     pub positions: usize,
     pub outbox: usize,
-    /// Size of the write batch in bytes.
+    /// Bytes written: the write batch and the outbox journal.
     pub bytes: usize,
-    /// Of which: heads, chunks and outbox records (values only).
+    /// Of which: heads and chunks (values only), and the outbox journal.
     pub head_bytes: usize,
     pub chunk_bytes: usize,
     pub outbox_bytes: usize,
@@ -449,7 +454,7 @@ pub struct StateStats {
     pub memtable_bytes: u64,
     /// `rocksdb.estimate-num-keys` of the `keys` column family.
     pub keys: u64,
-    /// `rocksdb.estimate-num-keys` of the `outbox` column family.
+    /// Outbox journals not yet wholly acknowledged.
     pub outbox: u64,
     /// `rocksdb.estimate-num-keys` of the `positions` column family.
     pub positions: u64,
@@ -460,6 +465,43 @@ pub struct StateStore {
     db: DB,
     dir: PathBuf,
     read_only: bool,
+    /// The outbox journals the store names, and how far output is acknowledged. The
+    /// committer adds journals, the publisher acknowledges: a lock held for bookkeeping
+    /// only, never across a write.
+    journals: Mutex<Journals>,
+}
+
+/// The store's view of its outbox ([`journal`]).
+#[derive(Debug, Default)]
+struct Journals {
+    /// Journals named by the committed store and not yet removed, by number.
+    live: BTreeMap<u64, LiveJournal>,
+    /// The number of the next journal.
+    next: u64,
+}
+
+#[derive(Debug, Clone)]
+struct LiveJournal {
+    meta: JournalMeta,
+    /// Per output topic/partition, how far its records in this journal are
+    /// acknowledged (an acknowledgement covers the records committed before it).
+    acked: BTreeMap<(String, u32), u64>,
+}
+
+impl LiveJournal {
+    fn done(&self) -> bool {
+        self.meta.last.iter().all(|(t, p, last)| {
+            self.acked
+                .get(&(t.clone(), *p))
+                .is_some_and(|up_to| up_to >= last)
+        })
+    }
+
+    fn is_acked(&self, e: &OutboxEntry) -> bool {
+        self.acked
+            .get(&(e.topic.clone(), e.partition))
+            .is_some_and(|&up_to| e.seq <= up_to)
+    }
 }
 
 impl fmt::Debug for StateStore {
@@ -480,7 +522,8 @@ fn cf_options(name: &str, opts: &StateOptions, cache: &Cache) -> Options {
     }
     let mut cf = Options::default();
     cf.set_block_based_table_factory(&block);
-    // Key states, chunks and outbox records arrive packed already (see `pack`).
+    // Key states and chunks arrive packed already (see `pack`); the outbox holds only
+    // journal entries and acknowledgements.
     cf.set_compression_type(
         if name == CF_KEYS || name == CF_OUTBOX || name == CF_CHUNKS {
             DBCompressionType::None
@@ -540,6 +583,7 @@ impl StateStore {
             db,
             dir: dir_buf,
             read_only: false,
+            journals: Mutex::default(),
         };
         if fresh {
             let mut batch = WriteBatch::default();
@@ -550,6 +594,7 @@ impl StateStore {
         } else {
             store.check_meta(Some(fingerprint))?;
         }
+        store.load_journals()?;
         Ok(store)
     }
 
@@ -575,8 +620,10 @@ impl StateStore {
             db,
             dir: dir_buf,
             read_only: true,
+            journals: Mutex::default(),
         };
         store.check_meta(None)?;
+        store.load_journals()?;
         Ok(store)
     }
 
@@ -608,10 +655,6 @@ impl StateStore {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 16)
             .sum::<usize>()
-            + cp.outbox
-                .iter()
-                .map(|e| e.topic.len() + e.stored.len() + 48)
-                .sum::<usize>()
             + cp.deletes.iter().map(|k| k.len() + 8).sum::<usize>()
             + cp.chunks
                 .iter()
@@ -660,33 +703,114 @@ impl StateStore {
         if let Some(watermarks) = &cp.watermarks {
             batch.put_cf(self.cf(CF_META), META_WATERMARKS, watermarks);
         }
-        let outbox_cf = self.cf(CF_OUTBOX);
-        let mut scratch = Vec::new();
-        for entry in outbox {
-            let record = StoredRecord {
-                key: entry.key.as_deref(),
-                value: &entry.stored,
-            };
-            encode_into(&mut scratch, "an outbox record", &record)?;
+        // The output goes to a journal of its own, fsynced before the batch that names
+        // it (journal module doc).
+        let journal = if outbox.is_empty() {
+            None
+        } else {
+            let n = self.journals().next;
+            let meta = journal::write(&self.dir, n, &outbox).map_err(|source| {
+                StateError::WriteFailed {
+                    dir: self.dir.clone(),
+                    source,
+                }
+            })?;
             batch.put_cf(
-                outbox_cf,
-                keys::outbox_key(&entry.topic, entry.partition, entry.seq),
-                &scratch,
+                self.cf(CF_OUTBOX),
+                keys::journal_key(n),
+                encode("an outbox journal's entry", &meta)?,
             );
-        }
+            // Numbers are never reused, so a reader that opened before a journal was
+            // removed cannot mistake a newer file for it.
+            batch.put_cf(self.cf(CF_META), META_NEXT_JOURNAL, (n + 1).to_be_bytes());
+            Some((n, meta))
+        };
+        let journal_bytes = journal.as_ref().map_or(0, |(_, m)| m.bytes as usize);
         let stats = CommitStats {
             upserts: cp.upserts.len(),
             chunks: cp.chunks.len(),
             deletes: cp.deletes.len(),
             positions: cp.positions.len(),
             outbox: cp.outbox.len(),
-            bytes: batch.size_in_bytes(),
+            bytes: batch.size_in_bytes() + journal_bytes,
             head_bytes: cp.upserts.iter().map(|(_, v)| v.len()).sum(),
             chunk_bytes: cp.chunks.iter().map(|(_, _, v)| v.len()).sum(),
-            outbox_bytes: cp.outbox.iter().map(|e| e.stored.len()).sum(),
+            outbox_bytes: journal_bytes,
         };
         self.write_synced(batch, "committing a checkpoint")?;
+        if let Some((n, meta)) = journal {
+            let mut journals = self.journals();
+            journals.live.insert(
+                n,
+                LiveJournal {
+                    meta,
+                    acked: BTreeMap::new(),
+                },
+            );
+            journals.next = n + 1;
+        }
         Ok(stats)
+    }
+
+    fn journals(&self) -> MutexGuard<'_, Journals> {
+        // The lock guards bookkeeping that is consistent between statements; a panic
+        // elsewhere cannot leave it half-updated.
+        self.journals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the outbox's journal entries and acknowledgements; a writable store also
+    /// deletes journal files no committed batch names (left by a crash between the
+    /// journal's write and its batch's).
+    fn load_journals(&self) -> Result<(), StateError> {
+        let mut loaded = Journals::default();
+        let mut acks = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.rocks("reading the outbox", e))?;
+            match keys::decode_outbox_key(&key).map_err(|e| self.bad_key(CF_OUTBOX, &key, e))? {
+                OutboxKey::Journal(n) => {
+                    let meta: JournalMeta = postcard::from_bytes(&value)
+                        .map_err(|e| self.corrupt(CF_OUTBOX, &key, e.to_string()))?;
+                    let acked = BTreeMap::new();
+                    loaded.live.insert(n, LiveJournal { meta, acked });
+                }
+                OutboxKey::Ack(n, topic, partition) => {
+                    let seq = keys::decode_u64(&value)
+                        .map_err(|e| self.corrupt(CF_OUTBOX, &key, format!("value: {e}")))?;
+                    acks.push((n, topic, partition, seq));
+                }
+            }
+        }
+        // Acknowledgements sort before journals. A journal's removal deletes its
+        // acknowledgements in the same write, so none can outlive it.
+        for (n, topic, partition, seq) in acks {
+            if let Some(journal) = loaded.live.get_mut(&n) {
+                journal.acked.insert((topic, partition), seq);
+            }
+        }
+        let io = |source| StateError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let files = journal::list(&self.dir).map_err(io)?;
+        let recorded = match self.get_meta(META_NEXT_JOURNAL)? {
+            Some(raw) => keys::decode_u64(&raw)
+                .map_err(|e| self.corrupt(CF_META, META_NEXT_JOURNAL, format!("value: {e}")))?,
+            None => 1,
+        };
+        loaded.next = files
+            .iter()
+            .chain(loaded.live.keys())
+            .map(|n| n + 1)
+            .chain([recorded])
+            .max()
+            .unwrap_or(1);
+        if !self.read_only {
+            for n in files.into_iter().filter(|n| !loaded.live.contains_key(n)) {
+                std::fs::remove_file(journal::path(&self.dir, n)).map_err(io)?;
+            }
+        }
+        *self.journals() = loaded;
+        Ok(())
     }
 
     /// The committed source positions (next offset to read) per topic/partition.
@@ -781,30 +905,41 @@ impl StateStore {
 
     /// The committed, not yet acknowledged output, in (topic, partition, seq) order.
     pub fn outbox(&self) -> impl Iterator<Item = Result<OutboxEntry, StateError>> + '_ {
-        self.db
-            .iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start)
-            .map(move |item| {
-                let (raw_key, value) = item.map_err(|e| self.rocks("reading the outbox", e))?;
-                self.decode_outbox(&raw_key, &value)
-            })
+        let pending = self.pending_output();
+        let (entries, error) = match pending {
+            Ok(entries) => (entries, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        entries.into_iter().map(Ok).chain(error.map(Err))
     }
 
-    fn decode_outbox(&self, raw_key: &[u8], value: &[u8]) -> Result<OutboxEntry, StateError> {
-        let (topic, partition, seq) =
-            keys::decode_outbox_key(raw_key).map_err(|e| self.bad_key(CF_OUTBOX, raw_key, e))?;
-        let record: StoredRecord<'_> = postcard::from_bytes(value)
-            .map_err(|e| self.corrupt(CF_OUTBOX, raw_key, e.to_string()))?;
-        Ok(OutboxEntry {
-            topic,
-            partition,
-            seq,
-            key: record.key.map(<[u8]>::to_vec),
-            stored: record.value.to_vec(),
-        })
+    fn pending_output(&self) -> Result<Vec<OutboxEntry>, StateError> {
+        let live = self.journals().live.clone();
+        let mut out = Vec::new();
+        for (n, journal) in &live {
+            let entries = match journal::read(&self.dir, *n, &journal.meta) {
+                Ok(entries) => entries,
+                // Read-only beside a running job: published and removed since this store
+                // opened.
+                Err(_) if self.read_only && !journal::path(&self.dir, *n).exists() => continue,
+                Err(reason) => {
+                    return Err(StateError::CorruptJournal {
+                        dir: self.dir.clone(),
+                        file: journal::path(&self.dir, *n),
+                        reason,
+                    });
+                }
+            };
+            out.extend(entries.into_iter().filter(|e| !journal.is_acked(e)));
+        }
+        out.sort_by(|a, b| (&a.topic, a.partition, a.seq).cmp(&(&b.topic, b.partition, b.seq)));
+        Ok(out)
     }
 
-    /// Removes the published outbox entries of `topic`/`partition` with seq ≤ `up_to_seq`.
-    /// Not fsynced: see the module doc.
+    /// Acknowledges the published outbox entries of `topic`/`partition` with seq ≤
+    /// `up_to_seq` (those committed so far). The acknowledgement itself is not fsynced
+    /// (see the module doc); a journal all of whose entries are acknowledged is removed:
+    /// its entry and acknowledgements with an fsynced write, then its file.
     pub fn ack_outbox(
         &self,
         topic: &str,
@@ -812,21 +947,68 @@ impl StateStore {
         up_to_seq: u64,
     ) -> Result<(), StateError> {
         self.writable("acknowledge output")?;
-        // One range tombstone instead of reading every entry back to delete it: the
-        // outbox keys of a partition sort by seq, so [seq 0, up_to_seq + 1) is exactly
-        // the acknowledged part. For u64::MAX the end is one byte past the largest key.
-        let from = keys::outbox_key(topic, partition, 0);
-        let to = match up_to_seq.checked_add(1) {
-            Some(next) => keys::outbox_key(topic, partition, next),
-            None => {
-                let mut past = keys::outbox_key(topic, partition, u64::MAX);
-                past.push(0);
-                past
+        let outbox_cf = self.cf(CF_OUTBOX);
+        let mut batch = WriteBatch::default();
+        let mut done = Vec::new();
+        {
+            let mut journals = self.journals();
+            let part = (topic.to_string(), partition);
+            for (n, journal) in journals.live.iter_mut() {
+                if !journal
+                    .meta
+                    .last
+                    .iter()
+                    .any(|(t, p, _)| t == topic && *p == partition)
+                {
+                    continue;
+                }
+                let acked = journal.acked.entry(part.clone()).or_insert(0);
+                if up_to_seq <= *acked {
+                    continue;
+                }
+                *acked = up_to_seq;
+                if journal.done() {
+                    done.push(*n);
+                } else {
+                    batch.put_cf(
+                        outbox_cf,
+                        keys::ack_key(*n, topic, partition),
+                        up_to_seq.to_be_bytes(),
+                    );
+                }
             }
-        };
-        self.db
-            .delete_range_cf(self.cf(CF_OUTBOX), from, to)
-            .map_err(|e| self.rocks("acknowledging output", e))
+            for n in &done {
+                journals.live.remove(n);
+            }
+        }
+        if done.is_empty() {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            return self
+                .db
+                .write(batch)
+                .map_err(|e| self.rocks("acknowledging output", e));
+        }
+        for n in &done {
+            batch.delete_cf(outbox_cf, keys::journal_key(*n));
+            let (from, to) = keys::ack_range(*n);
+            batch.delete_range_cf(outbox_cf, from, to);
+        }
+        self.write_synced(batch, "acknowledging output")?;
+        for n in done {
+            match std::fs::remove_file(journal::path(&self.dir, n)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Io {
+                        dir: self.dir.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Size estimates (cheap: RocksDB properties, no scan).
@@ -848,7 +1030,7 @@ impl StateStore {
                 .map(|cf| prop(cf, "rocksdb.cur-size-all-mem-tables"))
                 .sum(),
             keys: prop(CF_KEYS, "rocksdb.estimate-num-keys"),
-            outbox: prop(CF_OUTBOX, "rocksdb.estimate-num-keys"),
+            outbox: self.journals().live.len() as u64,
             positions: prop(CF_POSITIONS, "rocksdb.estimate-num-keys"),
         }
     }
@@ -1661,21 +1843,132 @@ mod tests {
         assert!(empty.live_data_bytes < 4_096, "{empty:?}");
     }
 
+    fn journal_files(dir: &Path) -> Vec<u64> {
+        journal::list(dir).unwrap()
+    }
+
     #[test]
-    fn a_stored_record_encodes_its_bytes_as_serde_encodes_a_sequence() {
-        // Stores written before the byte-string encoding must still read.
-        #[derive(Serialize)]
-        struct AsSequence<'a> {
-            key: Option<&'a [u8]>,
-            value: &'a [u8],
-        }
-        for key in [None, Some(&b"c-1"[..]), Some(&[0u8; 300][..])] {
-            let value: Vec<u8> = (0..=255).cycle().take(1_000).collect();
-            let now = postcard::to_allocvec(&StoredRecord { key, value: &value }).unwrap();
-            let before = postcard::to_allocvec(&AsSequence { key, value: &value }).unwrap();
-            assert_eq!(now, before);
-            let back: StoredRecord<'_> = postcard::from_bytes(&now).unwrap();
-            assert_eq!((back.key, back.value), (key, &value[..]));
-        }
+    fn a_journal_lives_until_every_partition_in_it_is_acknowledged() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let first = [entry("a", 0, 1), entry("a", 0, 2), entry("b", 1, 1)];
+        store
+            .commit(Checkpoint {
+                outbox: &first,
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 3)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        assert_eq!(journal_files(&dir), vec![1, 2]);
+        assert_eq!(store.stats().outbox, 2);
+        store.ack_outbox("a", 0, 3).unwrap();
+        // Journal 2 is wholly acknowledged, journal 1 still holds b/1.
+        assert_eq!(journal_files(&dir), vec![1]);
+        assert_eq!(all_outbox(&store), vec![entry("b", 1, 1)]);
+        // Across a reopen the acknowledgements hold and numbering goes on.
+        drop(store);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert_eq!(all_outbox(&store), vec![entry("b", 1, 1)]);
+        store.ack_outbox("b", 1, 1).unwrap();
+        assert!(journal_files(&dir).is_empty());
+        assert_eq!(store.stats().outbox, 0);
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 4)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        assert_eq!(journal_files(&dir), vec![3]);
+        assert_eq!(all_outbox(&store), vec![entry("a", 0, 4)]);
+    }
+
+    #[test]
+    fn a_journal_no_checkpoint_names_is_deleted_on_open_and_never_read() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 1)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        // What a crash between a journal's write and its batch's leaves behind.
+        let leftover = entry("a", 0, 2);
+        journal::write(&dir, 2, &[&leftover]).unwrap();
+        assert_eq!(all_outbox(&store), vec![entry("a", 0, 1)]);
+        drop(store);
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        assert_eq!(all_outbox(&ro), vec![entry("a", 0, 1)]);
+        assert_eq!(journal_files(&dir), vec![1, 2], "a reader deletes nothing");
+        drop(ro);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert_eq!(journal_files(&dir), vec![1]);
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 2)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        // The leftover's number is not reused either.
+        assert_eq!(journal_files(&dir), vec![1, 3]);
+        assert_eq!(all_outbox(&store), vec![entry("a", 0, 1), entry("a", 0, 2)]);
+    }
+
+    #[test]
+    fn a_damaged_journal_is_an_error_naming_it() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 1), entry("a", 0, 2)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let file = journal::path(&dir, 1);
+        let data = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &data[..data.len() - 1]).unwrap();
+        let err = store.outbox().find_map(Result::err).unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {}: outbox journal {} is corrupt ({} bytes, its checkpoint wrote {}); restore the state directory or replay into a new one",
+                dir.display(),
+                file.display(),
+                data.len() - 1,
+                data.len()
+            )
+        );
+        std::fs::remove_file(&file).unwrap();
+        let err = store.outbox().find_map(Result::err).unwrap();
+        assert!(
+            err.to_string().contains("No such file or directory"),
+            "a missing journal is an error for the writer: {err}"
+        );
+    }
+
+    #[test]
+    fn a_reader_skips_journals_published_and_removed_since_it_opened() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 1)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        store
+            .commit(Checkpoint {
+                outbox: &[entry("a", 0, 2)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        store.ack_outbox("a", 0, 1).unwrap();
+        assert_eq!(all_outbox(&ro), vec![entry("a", 0, 2)]);
     }
 }
