@@ -1847,23 +1847,23 @@ mod tests {
         journal::list(dir).unwrap()
     }
 
+    /// Commits a checkpoint of nothing but `outbox`.
+    fn emit(store: &StateStore, outbox: &[OutboxEntry]) {
+        store
+            .commit(Checkpoint {
+                outbox,
+                ..Checkpoint::default()
+            })
+            .unwrap();
+    }
+
     #[test]
     fn a_journal_lives_until_every_partition_in_it_is_acknowledged() {
         let (_tmp, dir) = store_dir();
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
         let first = [entry("a", 0, 1), entry("a", 0, 2), entry("b", 1, 1)];
-        store
-            .commit(Checkpoint {
-                outbox: &first,
-                ..Checkpoint::default()
-            })
-            .unwrap();
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 3)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &first);
+        emit(&store, &[entry("a", 0, 3)]);
         assert_eq!(journal_files(&dir), vec![1, 2]);
         assert_eq!(store.stats().outbox, 2);
         store.ack_outbox("a", 0, 3).unwrap();
@@ -1877,12 +1877,7 @@ mod tests {
         store.ack_outbox("b", 1, 1).unwrap();
         assert!(journal_files(&dir).is_empty());
         assert_eq!(store.stats().outbox, 0);
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 4)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &[entry("a", 0, 4)]);
         assert_eq!(journal_files(&dir), vec![3]);
         assert_eq!(all_outbox(&store), vec![entry("a", 0, 4)]);
     }
@@ -1891,12 +1886,7 @@ mod tests {
     fn a_journal_no_checkpoint_names_is_deleted_on_open_and_never_read() {
         let (_tmp, dir) = store_dir();
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 1)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &[entry("a", 0, 1)]);
         // What a crash between a journal's write and its batch's leaves behind.
         let leftover = entry("a", 0, 2);
         journal::write(&dir, 2, &[&leftover]).unwrap();
@@ -1908,12 +1898,7 @@ mod tests {
         drop(ro);
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
         assert_eq!(journal_files(&dir), vec![1]);
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 2)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &[entry("a", 0, 2)]);
         // The leftover's number is not reused either.
         assert_eq!(journal_files(&dir), vec![1, 3]);
         assert_eq!(all_outbox(&store), vec![entry("a", 0, 1), entry("a", 0, 2)]);
@@ -1923,12 +1908,7 @@ mod tests {
     fn a_damaged_journal_is_an_error_naming_it() {
         let (_tmp, dir) = store_dir();
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 1), entry("a", 0, 2)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &[entry("a", 0, 1), entry("a", 0, 2)]);
         let file = journal::path(&dir, 1);
         let data = std::fs::read(&file).unwrap();
         std::fs::write(&file, &data[..data.len() - 1]).unwrap();
@@ -1955,18 +1935,8 @@ mod tests {
     fn a_reader_skips_journals_published_and_removed_since_it_opened() {
         let (_tmp, dir) = store_dir();
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 1)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
-        store
-            .commit(Checkpoint {
-                outbox: &[entry("a", 0, 2)],
-                ..Checkpoint::default()
-            })
-            .unwrap();
+        emit(&store, &[entry("a", 0, 1)]);
+        emit(&store, &[entry("a", 0, 2)]);
         let ro = StateStore::open_read_only(&dir).unwrap();
         store.ack_outbox("a", 0, 1).unwrap();
         assert_eq!(all_outbox(&ro), vec![entry("a", 0, 2)]);
