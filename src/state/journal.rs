@@ -7,8 +7,8 @@
 //! while the output's bytes go through one sequential write instead of RocksDB's
 //! write-ahead log, memtable, flush and compaction: through RocksDB they were written
 //! twice and compacted away once, for records deleted a second later, once published.
-//! On the journey benchmark they are 60% of the checkpoint bytes; the journal took 130
-//! MB off the bounded run's peak memory and 3–12% off its CPU time (paired runs).
+//! On the journey benchmark they are 60% of the checkpoint bytes; the journal took 100–130
+//! MiB off the bounded run's peak memory and 3–12% off its CPU time (paired runs).
 //!
 //! Invariants (the store upholds them, [`super::StateStore`]):
 //! - A journal file is complete and fsynced (with its directory entry) before the batch

@@ -797,13 +797,9 @@ impl StateStore {
                 .map_err(|e| self.corrupt(CF_META, META_NEXT_JOURNAL, format!("value: {e}")))?,
             None => 1,
         };
-        loaded.next = files
-            .iter()
-            .chain(loaded.live.keys())
-            .map(|n| n + 1)
-            .chain([recorded])
-            .max()
-            .unwrap_or(1);
+        // Every committed journal recorded its successor in its own batch, so only a
+        // leftover file can be numbered beyond `recorded`.
+        loaded.next = files.iter().map(|n| n + 1).fold(recorded, u64::max);
         if !self.read_only {
             for n in files.into_iter().filter(|n| !loaded.live.contains_key(n)) {
                 std::fs::remove_file(journal::path(&self.dir, n)).map_err(io)?;
