@@ -425,7 +425,7 @@ pub fn run(
         .collect();
     let mut outbox = Outbox::new(
         &producer,
-        Sink::new(backend, producer_options(plan)),
+        Sink::new(backend, producer_options(plan)).with_threads(shards),
         [
             &plan.output.journeys,
             &plan.output.late,

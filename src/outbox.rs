@@ -8,7 +8,9 @@
 //! (`"producer":{"job":…,"seq":…}` appended to the JSON object), appended to the output
 //! log, synced, and only then removed from the outbox (acknowledged). Between the
 //! thread that makes a record and the output log, only its compressed form is held: on
-//! the embedded log the publisher decompresses each record straight into its frame.
+//! the embedded log the publisher decompresses each record straight into its frame, and
+//! a checkpoint's partitions are appended by several threads at once
+//! ([`Sink::append_batches`]); each partition still gets its records in sequence order.
 //!
 //! Invariants:
 //! - Sequence numbers of one job are dense and increasing per output partition; the next
@@ -268,22 +270,29 @@ impl Outbox {
                 .push(e);
         }
         let (dir, job_json) = (store.dir(), self.job_json.as_str());
+        let sink = self.sink.as_mut().expect("a placer never publishes");
+        // Injected faults are decided in partition order, before anything is appended, so
+        // that `publish:n` fails the n-th partition after the ones before it have landed,
+        // however many partitions are appended at once.
+        let mut batches = Vec::with_capacity(by_partition.len());
+        let mut injected = None;
         for ((topic, partition), batch) in &by_partition {
-            let sink = self.sink.as_mut().expect("a placer never publishes");
-            fail_point(CrashPoint::Publish)
-                .map_err(|source| sink.injected_fault(topic, *partition, source))?;
+            if let Err(source) = fail_point(CrashPoint::Publish) {
+                injected = Some(sink.injected_fault(topic, *partition, source));
+                break;
+            }
             // Each value is decompressed straight into its frame; a corrupt entry stops
-            // the publication after the entries before it (a restart then republishes
-            // from it, and stops there again).
-            sink.append_with(
-                topic,
-                *partition,
-                batch.iter().map(|e| {
-                    let write = move |out: &mut Vec<u8>| write_published(out, dir, job_json, e);
-                    (e.key.as_deref(), write)
-                }),
-            )??;
-            crash_point(CrashPoint::Publish);
+            // its partition's publication after the entries before it (a restart then
+            // republishes from it, and stops there again).
+            let records = batch.iter().map(move |e| {
+                let write = move |out: &mut Vec<u8>| write_published(out, dir, job_json, e);
+                (e.key.as_deref(), write)
+            });
+            batches.push((*topic, *partition, records));
+        }
+        sink.append_batches(batches, &|| crash_point(CrashPoint::Publish))??;
+        if let Some(e) = injected {
+            return Err(e.into());
         }
         crash_point(CrashPoint::Ack);
         for ((topic, partition), batch) in &by_partition {

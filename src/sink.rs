@@ -11,9 +11,12 @@
 //!   after a flush. The outbox acknowledges nothing before that.
 //! - After a failed append the sink forgets its writers and producers, so the next
 //!   attempt starts clean (a torn embedded-log tail is truncated on reopen).
+//! - A partition is appended by one thread at a time, in the order it is given: only
+//!   distinct partitions are appended concurrently ([`Sink::append_batches`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::fluvio::{FluvioError, Producer};
@@ -84,6 +87,8 @@ pub struct Sink {
     writers: BTreeMap<(String, u32), PartitionWriter>,
     /// On Fluvio, one producer per output partition, pinned to it.
     producers: BTreeMap<(String, u32), Producer>,
+    /// How many partitions [`Sink::append_batches`] appends at once.
+    threads: usize,
 }
 
 impl Sink {
@@ -93,7 +98,15 @@ impl Sink {
             options,
             writers: BTreeMap::new(),
             producers: BTreeMap::new(),
+            threads: 1,
         }
+    }
+
+    /// Lets [`Sink::append_batches`] append up to `threads` embedded-log partitions at
+    /// once (1, the default, appends them in turn).
+    pub fn with_threads(mut self, threads: usize) -> Sink {
+        self.threads = threads.max(1);
+        self
     }
 
     pub fn backend(&self) -> &Backend {
@@ -201,6 +214,100 @@ impl Sink {
                 Ok(failed.map_or(Ok(()), Err))
             }
         }
+    }
+
+    /// [`Sink::append_with`] of several batches (topic, partition, records), each to a
+    /// distinct partition; `appended` is called once per batch, after it is durable.
+    /// Returns the first failure in batch order: the batches before it are durable, the
+    /// ones after it may or may not be (a caller reads the partitions back to know).
+    ///
+    /// On the embedded log with more than one thread ([`Sink::with_threads`]) the batches
+    /// are appended concurrently, each by one thread: a checkpoint's output is mostly
+    /// copying values into frames and writing them, which one core cannot keep up with
+    /// when the last checkpoint of a run carries every still-open session. Each partition
+    /// writes and syncs its own segment, so the syncs overlap too. A failure stops the
+    /// taking of further batches. On Fluvio (whose producers already pipeline) the
+    /// batches go in turn, stopping at the first failure.
+    pub fn append_batches<'a, I, W, E>(
+        &mut self,
+        batches: Vec<(&str, u32, I)>,
+        appended: &(dyn Fn() + Sync),
+    ) -> Result<Result<(), E>, SinkError>
+    where
+        I: IntoIterator<Item = (Option<&'a [u8]>, W)> + Send,
+        W: FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        E: Send,
+    {
+        let log = match &self.backend {
+            Backend::Embedded(log) if self.threads > 1 && batches.len() > 1 => log.clone(),
+            _ => {
+                for (topic, partition, records) in batches {
+                    if let Err(e) = self.append_with(topic, partition, records)? {
+                        return Ok(Err(e));
+                    }
+                    appended();
+                }
+                return Ok(Ok(()));
+            }
+        };
+        // Every writer is opened before anything is appended, so that a partition that
+        // cannot be opened fails the call before any batch lands.
+        let mut jobs = Vec::with_capacity(batches.len());
+        for (i, (topic, partition, records)) in batches.into_iter().enumerate() {
+            let key = (topic.to_owned(), partition);
+            let writer = match self.writers.remove(&key) {
+                Some(w) => w,
+                None => log.writer(topic, partition, WriterOptions::default())?,
+            };
+            jobs.push((i, key, writer, records));
+        }
+        let workers = self.threads.min(jobs.len());
+        let queue = Mutex::new(jobs.into_iter());
+        let done = Mutex::new(Vec::with_capacity(workers));
+        let failed = AtomicBool::new(false);
+        let work = || {
+            while !failed.load(Ordering::Relaxed) {
+                let Some((i, key, mut writer, records)) = queue.lock().expect("poisoned").next()
+                else {
+                    break;
+                };
+                let now = crate::time::wall_clock_ms();
+                let outcome = writer.append_with(records.into_iter().map(|(k, w)| (k, now, w)));
+                match &outcome {
+                    Ok(Ok(_)) => appended(),
+                    _ => failed.store(true, Ordering::Relaxed),
+                }
+                done.lock()
+                    .expect("poisoned")
+                    .push((i, key, writer, outcome));
+            }
+        };
+        std::thread::scope(|s| {
+            for n in 1..workers {
+                // A thread that cannot be spawned leaves its share to the others.
+                let _ = std::thread::Builder::new()
+                    .name(format!("braid-publish-{n}"))
+                    .spawn_scoped(s, work);
+            }
+            work();
+        });
+        let mut done = done.into_inner().expect("poisoned");
+        done.sort_unstable_by_key(|(i, ..)| *i);
+        for (_, key, writer, _) in queue.into_inner().expect("poisoned") {
+            self.writers.insert(key, writer);
+        }
+        let mut first_failure = None;
+        for (_, key, writer, outcome) in done {
+            match outcome {
+                Ok(Ok(_)) => {
+                    self.writers.insert(key, writer);
+                }
+                Ok(Err(e)) if first_failure.is_none() => first_failure = Some(Ok(Err(e))),
+                Err(e) if first_failure.is_none() => first_failure = Some(Err(e.into())),
+                _ => {}
+            }
+        }
+        first_failure.unwrap_or(Ok(Ok(())))
     }
 
     /// Visits the records of `topic` partition `partition` in `[from, to)` as
@@ -376,6 +483,102 @@ impl TopicProducer {
                     return Ok(());
                 }
                 Ok(cluster.send_all(producer, std::mem::take(pending))?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Log;
+    use std::sync::atomic::AtomicUsize;
+    use tempfile::TempDir;
+
+    fn log_with(partitions: u32) -> (TempDir, Log) {
+        let dir = TempDir::new().unwrap();
+        let log = Log::open(dir.path().join("log")).unwrap();
+        log.create_topic("out", partitions).unwrap();
+        (dir, log)
+    }
+
+    fn contents(log: &Log, partitions: u32) -> Vec<Vec<Vec<u8>>> {
+        (0..partitions)
+            .map(|p| {
+                let mut reader = log.reader("out", p, 0).unwrap();
+                let records = reader.read_batch(usize::MAX).unwrap();
+                records.into_iter().map(|r| r.value).collect()
+            })
+            .collect()
+    }
+
+    /// Appends `n` values to each of `partitions` partitions with `threads` threads; the
+    /// value `fail` (partition, index), if any, fails to write itself.
+    fn append(
+        log: &Log,
+        threads: usize,
+        partitions: u32,
+        n: u32,
+        fail: Option<(u32, u32)>,
+    ) -> (Result<Result<(), String>, SinkError>, usize) {
+        let mut sink =
+            Sink::new(&Backend::Embedded(log.clone()), Default::default()).with_threads(threads);
+        let appended = AtomicUsize::new(0);
+        let batches = (0..partitions)
+            .map(|p| {
+                let records = (0..n).map(move |i| {
+                    let write = move |out: &mut Vec<u8>| {
+                        if fail == Some((p, i)) {
+                            return Err(format!("value {i} of partition {p}"));
+                        }
+                        out.extend_from_slice(format!("{p}-{i}").as_bytes());
+                        Ok(())
+                    };
+                    (None, write)
+                });
+                ("out", p, records)
+            })
+            .collect();
+        let outcome = sink.append_batches(batches, &|| {
+            appended.fetch_add(1, Ordering::Relaxed);
+        });
+        (outcome, appended.into_inner())
+    }
+
+    #[test]
+    fn batches_appended_at_once_land_as_appended_in_turn() {
+        let (_a, one) = log_with(5);
+        let (_b, two) = log_with(5);
+        let (outcome, appended) = append(&one, 1, 5, 300, None);
+        assert!(matches!(outcome, Ok(Ok(()))));
+        assert_eq!(appended, 5);
+        let (outcome, appended) = append(&two, 2, 5, 300, None);
+        assert!(matches!(outcome, Ok(Ok(()))));
+        assert_eq!(appended, 5);
+        let got = contents(&two, 5);
+        assert_eq!(got, contents(&one, 5));
+        assert_eq!(got[3][299], b"3-299");
+    }
+
+    #[test]
+    fn a_value_that_fails_stops_its_partition_after_the_values_before_it() {
+        for threads in [1, 2] {
+            let (_d, log) = log_with(3);
+            let (outcome, appended) = append(&log, threads, 3, 10, Some((1, 4)));
+            match outcome {
+                Ok(Err(e)) => assert_eq!(e, "value 4 of partition 1"),
+                other => panic!("{threads} threads: {other:?}"),
+            }
+            let got = contents(&log, 3);
+            assert_eq!(got[0].len(), 10, "{threads} threads");
+            assert_eq!(got[1].len(), 4, "{threads} threads");
+            assert_eq!(got[1][3], b"1-3");
+            // In turn, nothing after the failure is appended; at once, a batch already
+            // taken by the other thread may land (the caller reads partitions back).
+            if threads == 1 {
+                assert_eq!((appended, got[2].len()), (1, 0));
+            } else {
+                assert_eq!(appended, 1 + usize::from(got[2].len() == 10));
             }
         }
     }
