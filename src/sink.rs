@@ -185,9 +185,7 @@ impl Sink {
                     self.writers.insert(key.clone(), w);
                 }
                 let writer = self.writers.get_mut(&key).expect("inserted above");
-                let now = crate::time::wall_clock_ms();
-                let appended = writer.append_with(records.into_iter().map(|(k, w)| (k, now, w)))?;
-                Ok(appended.map(|_| ()))
+                Ok(append_stamped(writer, records)?)
             }
             Backend::Fluvio(cluster) => {
                 let cluster = Arc::clone(cluster);
@@ -271,10 +269,9 @@ impl Sink {
                 else {
                     break;
                 };
-                let now = crate::time::wall_clock_ms();
-                let outcome = writer.append_with(records.into_iter().map(|(k, w)| (k, now, w)));
+                let outcome = append_stamped(&mut writer, records);
                 match &outcome {
-                    Ok(Ok(_)) => appended(),
+                    Ok(Ok(())) => appended(),
                     _ => failed.store(true, Ordering::Relaxed),
                 }
                 done.lock()
@@ -299,7 +296,7 @@ impl Sink {
         let mut first_failure = None;
         for (_, key, writer, outcome) in done {
             match outcome {
-                Ok(Ok(_)) => {
+                Ok(Ok(())) => {
                     self.writers.insert(key, writer);
                 }
                 Ok(Err(e)) if first_failure.is_none() => first_failure = Some(Ok(Err(e))),
@@ -360,6 +357,20 @@ impl Sink {
     pub fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), SinkError> {
         Ok(self.backend.offsets(topic, partition)?)
     }
+}
+
+/// Appends `records` to an embedded-log partition, all stamped with the time of the call.
+fn append_stamped<'a, I, W, E>(
+    writer: &mut PartitionWriter,
+    records: I,
+) -> Result<Result<(), E>, LogError>
+where
+    I: IntoIterator<Item = (Option<&'a [u8]>, W)>,
+    W: FnOnce(&mut Vec<u8>) -> Result<(), E>,
+{
+    let now = crate::time::wall_clock_ms();
+    let appended = writer.append_with(records.into_iter().map(|(k, w)| (k, now, w)))?;
+    Ok(appended.map(|_| ()))
 }
 
 /// The embedded log's producer rule as a Fluvio partitioner, for the tools: a keyed
