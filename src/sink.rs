@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::fluvio::{FluvioError, Producer};
-use crate::log::{LogError, PartitionWriter, WriterOptions, partition_for_key};
+use crate::log::{Log, LogError, PartitionWriter, WriterOptions, partition_for_key};
 use crate::source::{Backend, SourceError};
 
 /// Why output could not be appended or read back.
@@ -179,13 +179,10 @@ impl Sink {
     {
         match &self.backend {
             Backend::Embedded(log) => {
-                let key = (topic.to_owned(), partition);
-                if !self.writers.contains_key(&key) {
-                    let w = log.writer(topic, partition, WriterOptions::default())?;
-                    self.writers.insert(key.clone(), w);
-                }
-                let writer = self.writers.get_mut(&key).expect("inserted above");
-                Ok(append_stamped(writer, records)?)
+                let mut writer = take_writer(&mut self.writers, log, topic, partition)?;
+                let appended = append_stamped(&mut writer, records);
+                self.writers.insert((topic.to_owned(), partition), writer);
+                Ok(appended?)
             }
             Backend::Fluvio(cluster) => {
                 let cluster = Arc::clone(cluster);
@@ -252,12 +249,8 @@ impl Sink {
         // cannot be opened fails the call before any batch lands.
         let mut jobs = Vec::with_capacity(batches.len());
         for (i, (topic, partition, records)) in batches.into_iter().enumerate() {
-            let key = (topic.to_owned(), partition);
-            let writer = match self.writers.remove(&key) {
-                Some(w) => w,
-                None => log.writer(topic, partition, WriterOptions::default())?,
-            };
-            jobs.push((i, key, writer, records));
+            let writer = take_writer(&mut self.writers, &log, topic, partition)?;
+            jobs.push((i, (topic.to_owned(), partition), writer, records));
         }
         let workers = self.threads.min(jobs.len());
         let queue = Mutex::new(jobs.into_iter());
@@ -356,6 +349,20 @@ impl Sink {
     /// A partition's first and end offsets.
     pub fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), SinkError> {
         Ok(self.backend.offsets(topic, partition)?)
+    }
+}
+
+/// The writer of an embedded-log partition, taken out of `writers` (opened when absent);
+/// the caller puts it back once it has appended.
+fn take_writer(
+    writers: &mut BTreeMap<(String, u32), PartitionWriter>,
+    log: &Log,
+    topic: &str,
+    partition: u32,
+) -> Result<PartitionWriter, LogError> {
+    match writers.remove(&(topic.to_owned(), partition)) {
+        Some(w) => Ok(w),
+        None => log.writer(topic, partition, WriterOptions::default()),
     }
 }
 
@@ -502,7 +509,6 @@ impl TopicProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Log;
     use std::sync::atomic::AtomicUsize;
     use tempfile::TempDir;
 
