@@ -137,11 +137,27 @@ pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::Random
 
 /// A 128-bit fingerprint of (source, event id), so de-duplication keeps 16 bytes per
 /// event instead of a copy of the id. Distinct ids collide with probability 2⁻¹²⁸.
+///
+/// The hash of the bytes `source` (little-endian) then `id`, taken in one pass over a
+/// copy on the stack when the id is short, as ids are: fed in two writes, SipHash
+/// merges the id into the source's 2-byte tail byte by byte, which made fingerprints
+/// 2.5% of a journey run's CPU time.
 pub(crate) fn fingerprint(source: u16, id: &str) -> u128 {
-    let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
-    h.write(&source.to_le_bytes());
-    h.write(id.as_bytes());
-    h.finish128().as_u128()
+    let h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
+    let mut message = [0u8; 64];
+    match message.get_mut(2..2 + id.len()) {
+        Some(rest) => {
+            rest.copy_from_slice(id.as_bytes());
+            message[..2].copy_from_slice(&source.to_le_bytes());
+            h.hash(&message[..2 + id.len()]).as_u128()
+        }
+        None => {
+            let mut h = h;
+            h.write(&source.to_le_bytes());
+            h.write(id.as_bytes());
+            h.finish128().as_u128()
+        }
+    }
 }
 
 /// One open window or correlation, as `braid inspect` shows it.
@@ -864,6 +880,31 @@ mod tests {
                 .map(|p| p["events"].as_array().unwrap().len())
                 .collect::<Vec<_>>(),
             [1, 1, 2]
+        );
+    }
+
+    proptest::proptest! {
+        /// Stored fingerprints (remembered sessions) must keep their values: the one-pass
+        /// hash equals SipHash-1-3 fed the source and the id in two writes, at every id
+        /// length, on both sides of the stack copy's limit.
+        #[test]
+        fn a_fingerprint_is_siphash_of_the_source_then_the_id(source in proptest::num::u16::ANY, id in "[a-z0-9é-]{0,70}") {
+            let mut h = SipHasher13::new_with_keys(0x6272_6169_645f_6576, 0x656e_745f_6964_7321);
+            h.write(&source.to_le_bytes());
+            h.write(id.as_bytes());
+            proptest::prop_assert_eq!(fingerprint(source, &id), h.finish128().as_u128());
+        }
+    }
+
+    /// Values of the two-write form before the one-pass one, for the stored fingerprints.
+    #[test]
+    fn a_fingerprint_has_not_changed() {
+        assert_eq!(
+            (fingerprint(0, "pv-3"), fingerprint(2, &"x".repeat(100))),
+            (
+                0xec0d6d8176dcdd7820889e3cf48a2f56,
+                0x8739483f8060b544848a5d0e826e5527
+            )
         );
     }
 
