@@ -264,6 +264,17 @@ impl OpenSession {
     }
 }
 
+/// Appends an event to a session, growing the vector by half its size when full rather
+/// than doubling it: a session's events are most of what the operator holds, and
+/// doubling leaves a quarter of the room unused on average (a session of 10 events in
+/// room for 16); half-size steps leave a sixth, for a few more (small) reallocations.
+fn push_event(events: &mut Vec<RecordEvent>, event: RecordEvent) {
+    if events.len() == events.capacity() {
+        events.reserve_exact((events.capacity() / 2).max(3));
+    }
+    events.push(event);
+}
+
 /// What is remembered of an emitted session, for late arrivals and de-duplication.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmittedSession {
@@ -280,8 +291,8 @@ pub struct EmittedSession {
 ///
 /// Invariants: `open` and `emitted` are each sorted by `first`; their sessions never
 /// overlap, and without `max_duration` any two of either list are more than `gap`
-/// apart; every session spans less than `max_duration`; `seen` holds exactly the
-/// fingerprints of the events with an id in `open` and `emitted`.
+/// apart; every session spans less than `max_duration`; `seen`, when built, holds
+/// exactly the fingerprints of the events with an id in `open` and `emitted`.
 ///
 /// Stored form ([`Persist`]): each event is written once, in a chunk of the events new
 /// at a checkpoint; the head (session bounds, remembered sessions, chunk ids) is small.
@@ -294,7 +305,10 @@ pub struct EmittedSession {
 pub struct KeyState {
     pub open: Vec<OpenSession>,
     pub emitted: Vec<EmittedSession>,
-    pub seen: FastSet<u128>,
+    /// The de-duplication index, built only once the key holds more than
+    /// [`SEEN_SCAN_MAX`] ids ([`KeyState::is_duplicate`]); until then a duplicate is
+    /// found by a scan of the key's events and remembered fingerprints.
+    pub seen: Option<Box<FastSet<u128>>>,
     /// Ids of the stored chunks, in id order.
     pub chunks: Vec<u32>,
     /// The next chunk id (ids are never reused while the key has state).
@@ -431,33 +445,119 @@ impl Persist for KeyState {
             }
             s.stored = s.events.len();
         }
-        let open_ids = open.iter().flat_map(|s| s.fingerprints());
-        let emitted_ids = head
-            .emitted
-            .iter()
-            .flat_map(|s| s.fingerprints.iter().copied());
-        let seen = open_ids.chain(emitted_ids).collect();
-        Ok(KeyState {
+        let mut state = KeyState {
             open,
             emitted: head.emitted.into_owned(),
-            seen,
+            seen: None,
             chunks: head.chunks.into_owned(),
             next_chunk: head.next_chunk,
             rewrite: false,
-        })
+        };
+        if state.ids() > SEEN_SCAN_MAX {
+            state.build_seen();
+        }
+        Ok(state)
     }
 }
 
+/// A key holding at most this many ids (open events and remembered fingerprints) finds
+/// duplicates by scanning them rather than in a hash set: a set costs about 30 bytes per
+/// id and a hundred per key, which is most of a typical session's overhead beyond its
+/// events (`cargo bench --bench memory`), while a scan of a few dozen ids compares
+/// lengths, bytes and integers already in memory. Beyond it, a set keeps each check
+/// O(1) for a key with a huge session.
+const SEEN_SCAN_MAX: usize = 32;
+
 impl KeyState {
+    /// Whether `(source, id)` is already in an open or remembered session of the key.
+    /// `fp` gives its fingerprint, computed only when needed (open events compare their
+    /// ids themselves).
+    fn check_id(&self, source: u16, id: &str, fp: impl Fn() -> u128) -> IdCheck {
+        if let Some(seen) = &self.seen {
+            return if seen.contains(&fp()) {
+                IdCheck::Duplicate
+            } else {
+                IdCheck::New { scanned: 0 }
+            };
+        }
+        let mut scanned = 0;
+        for e in self.open.iter().flat_map(|s| &s.events) {
+            if let Some(other) = e.id.as_deref() {
+                if e.source == source && other == id {
+                    return IdCheck::Duplicate;
+                }
+                scanned += 1;
+            }
+        }
+        if !self.emitted.is_empty() {
+            let fp = fp();
+            for s in &self.emitted {
+                if s.fingerprints.contains(&fp) {
+                    return IdCheck::Duplicate;
+                }
+                scanned += s.fingerprints.len();
+            }
+        }
+        IdCheck::New { scanned }
+    }
+
+    /// Ids the key holds: open events with an id and remembered fingerprints.
+    fn ids(&self) -> usize {
+        let open = self.open.iter().flat_map(|s| &s.events);
+        open.filter(|e| e.id.is_some()).count()
+            + self.emitted.iter().map(|s| s.fingerprints.len()).sum::<usize>()
+    }
+
+    /// Builds the de-duplication index from the key's events and remembered sessions.
+    fn build_seen(&mut self) {
+        let open = self.open.iter().flat_map(|s| s.fingerprints());
+        let emitted = self.emitted.iter().flat_map(|s| s.fingerprints.iter().copied());
+        self.seen = Some(Box::new(open.chain(emitted).collect()));
+    }
+
+    /// After an event was added: `fp` is its fingerprint if the key has an index (and
+    /// the event an id), `scanned` what [`KeyState::check_id`] scanned for it. The index
+    /// is built once the key holds more than [`SEEN_SCAN_MAX`] ids.
+    fn index_added(&mut self, fp: Option<u128>, scanned: usize) {
+        match &mut self.seen {
+            Some(seen) => seen.extend(fp),
+            None if scanned >= SEEN_SCAN_MAX => self.build_seen(),
+            None => {}
+        }
+    }
+
+    /// The fingerprint [`KeyState::index_added`] needs of an event about to be added.
+    fn fingerprint_to_index(&self, event: &RecordEvent) -> Option<u128> {
+        let id = event.id.as_deref().filter(|_| self.seen.is_some())?;
+        Some(fingerprint(event.source, id))
+    }
+
+    /// Takes remembered fingerprints out of the index, if the key has one.
+    fn unindex(&mut self, fps: impl IntoIterator<Item = u128>) {
+        if let Some(seen) = &mut self.seen {
+            for fp in fps {
+                seen.remove(&fp);
+            }
+        }
+    }
+
     /// Starts a session of one event at index `at` of `open`.
-    fn start_session(&mut self, at: usize, t: i64, event: RecordEvent, fp: Option<u128>) {
-        self.seen.extend(fp);
+    fn start_session(&mut self, at: usize, t: i64, event: RecordEvent, scanned: usize) {
+        let fp = self.fingerprint_to_index(&event);
         // Most keys hold one session at a time; a first insert would reserve room for 4.
         if self.open.is_empty() {
             self.open.reserve_exact(1);
         }
         self.open.insert(at, OpenSession::new(t, event));
+        self.index_added(fp, scanned);
     }
+}
+
+/// What a key holds of an incoming event's id.
+enum IdCheck {
+    Duplicate,
+    /// Not held; `scanned` ids were compared (0 when the key has an index).
+    New { scanned: usize },
 }
 
 impl CacheState for KeyState {
@@ -610,13 +710,7 @@ impl SessionOperator {
 
     /// The first event of a key without state (never seen, all of it dropped, or lost
     /// by the store): starts its first session unless that is already due.
-    fn start_key(
-        &mut self,
-        event: Event,
-        fp: Option<u128>,
-        own_deadline: i64,
-        out: &mut Vec<Output>,
-    ) {
+    fn start_key(&mut self, event: Event, own_deadline: i64, out: &mut Vec<Output>) {
         if passed(own_deadline, self.watermark) {
             return self.late(event, own_deadline, None, out);
         }
@@ -624,7 +718,7 @@ impl SessionOperator {
         let (key, record) = RecordEvent::split(event);
         let key: Arc<str> = Arc::from(key);
         let mut state = KeyState::default();
-        state.start_session(0, t, record, fp);
+        state.start_session(0, t, record, 0);
         self.closes.insert((own_deadline, key.clone(), t));
         self.cache.insert(key, state);
     }
@@ -706,9 +800,7 @@ impl SessionOperator {
         };
         let state = entry.state_mut();
         let session = state.emitted.remove(i);
-        for fp in &session.fingerprints {
-            state.seen.remove(fp);
-        }
+        state.unindex(session.fingerprints);
         if state.is_empty() {
             self.cache.remove(&key);
         }
@@ -753,24 +845,27 @@ impl Operator for SessionOperator {
         let (gap, grace, max_span, wm) = (self.gap, self.grace, self.max_span, self.watermark);
         let t = event.time;
         let own_deadline = close_deadline(gap, grace, max_span, t, t);
-        let fp = event.id.as_deref().map(|id| fingerprint(event.source, id));
 
         let mut entry = match self.cache.get_mut(&event.key) {
             Lookup::Found(entry) => entry,
             Lookup::Lost => {
                 self.drop_timers(&event.key);
-                return self.start_key(event, fp, own_deadline, out);
+                return self.start_key(event, own_deadline, out);
             }
-            Lookup::New => return self.start_key(event, fp, own_deadline, out),
+            Lookup::New => return self.start_key(event, own_deadline, out),
         };
-        let state = entry.state();
 
-        if let Some(fp) = fp
-            && state.seen.contains(&fp)
-        {
-            out.push(Output::duplicate(event));
-            return;
-        }
+        let state = entry.state();
+        let scanned = match event.id.as_deref() {
+            Some(id) => match state.check_id(event.source, id, || fingerprint(event.source, id)) {
+                IdCheck::Duplicate => {
+                    out.push(Output::duplicate(event));
+                    return;
+                }
+                IdCheck::New { scanned } => scanned,
+            },
+            None => 0,
+        };
 
         let close_at = |first: i64, last: i64| close_deadline(gap, grace, max_span, first, last);
         let touches =
@@ -794,7 +889,7 @@ impl Operator for SessionOperator {
                     return self.late(event, own_deadline, None, out);
                 }
                 let (_, record) = RecordEvent::split(event);
-                entry.state_mut().start_session(at, t, record, fp);
+                entry.state_mut().start_session(at, t, record, scanned);
                 self.closes.insert((own_deadline, key, t));
                 return;
             }
@@ -831,8 +926,8 @@ impl Operator for SessionOperator {
                 session.events.sort_unstable_by_key(RecordEvent::order_key);
                 for gone in session.events.drain(max_events..) {
                     session.dropped += 1;
-                    if let Some(id) = &gone.id {
-                        state.seen.remove(&fingerprint(gone.source, id));
+                    if let (Some(seen), Some(id)) = (&mut state.seen, &gone.id) {
+                        seen.remove(&fingerprint(gone.source, id));
                     }
                 }
             }
@@ -842,8 +937,9 @@ impl Operator for SessionOperator {
         session.last = session.last.max(t);
         if session.events.len() < max_events {
             let (_, record) = RecordEvent::split(event);
-            session.events.push(record);
-            state.seen.extend(fp);
+            let fp = state.fingerprint_to_index(&record);
+            push_event(&mut state.open[i].events, record);
+            state.index_added(fp, scanned);
         } else {
             // A bot key's endless session keeps its window moving but not its events.
             session.dropped += 1;
@@ -995,7 +1091,8 @@ mod tests {
             );
             if o % 100_000 == 0 {
                 let state = op.key_state("bot").unwrap();
-                assert!(state.open[0].events.len() <= 1_000 && state.seen.len() <= 1_000);
+                assert!(state.open[0].events.len() <= 1_000);
+                assert!(state.seen.as_ref().is_some_and(|s| s.len() <= 1_000));
             }
         }
         assert!(out.is_empty());
