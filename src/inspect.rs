@@ -354,7 +354,7 @@ journeys = "cj.out"
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect(),
-                chunks: &writes.chunks,
+                chunks: writes.chunks.clone(),
                 positions: vec![("page.viewed", 0, 2), ("order.placed", 0, 2)],
                 watermarks: Some(encode("snapshot", &snapshot).unwrap()),
                 ..Checkpoint::default()
@@ -441,7 +441,7 @@ journeys = "of.out"
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect(),
-                chunks: &writes.chunks,
+                chunks: writes.chunks.clone(),
                 ..Checkpoint::default()
             })
             .unwrap();

@@ -1987,7 +1987,7 @@ fn commit_loop(
         let checkpoint = Checkpoint {
             upserts: keys.iter().map(String::as_str).zip(values).collect(),
             deletes: deletes.iter().map(String::as_str).collect(),
-            chunks: &chunks,
+            chunks,
             chunk_deletes: &chunk_deletes,
             positions: g
                 .positions
