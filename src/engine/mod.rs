@@ -284,7 +284,10 @@ impl fmt::Display for JourneyId {
 
 /// An event inside a correlation record (the event minus its key, which the record
 /// carries once).
+///
+/// Stored (postcard) as its six public fields, in order; the id's tag is not stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredEvent")]
 pub struct RecordEvent {
     /// Index of the source in the topology.
     pub source: u16,
@@ -293,12 +296,69 @@ pub struct RecordEvent {
     /// Event time, epoch ms.
     pub time: i64,
     /// Boxed rather than a `String`: 8 bytes less for every event an open window holds.
-    pub id: Option<Box<str>>,
+    id: Option<Box<str>>,
     /// The raw JSON object text of the record.
     pub payload: Box<str>,
+    /// [`id_tag`] of the id (0 without one), in what would be padding: a scan for a
+    /// duplicate compares the bytes of an id only when its tag matches, so it reads no
+    /// other event's id from memory.
+    #[serde(skip_serializing)]
+    id_tag: u16,
+}
+
+/// A [`RecordEvent`] as chunks store it.
+#[derive(Deserialize)]
+struct StoredEvent {
+    source: u16,
+    partition: u32,
+    offset: u64,
+    time: i64,
+    id: Option<Box<str>>,
+    payload: Box<str>,
+}
+
+impl From<StoredEvent> for RecordEvent {
+    fn from(e: StoredEvent) -> RecordEvent {
+        RecordEvent::new(e.source, e.partition, e.offset, e.time, e.id, e.payload)
+    }
+}
+
+/// A 16-bit digest of an event id (fixed-seed foldhash; in memory only, never stored).
+pub(crate) fn id_tag(id: &str) -> u16 {
+    use std::hash::BuildHasher as _;
+    (foldhash::fast::FixedState::default().hash_one(id) >> 48) as u16
 }
 
 impl RecordEvent {
+    pub fn new(
+        source: u16,
+        partition: u32,
+        offset: u64,
+        time: i64,
+        id: Option<Box<str>>,
+        payload: Box<str>,
+    ) -> RecordEvent {
+        RecordEvent {
+            id_tag: id.as_deref().map_or(0, id_tag),
+            source,
+            partition,
+            offset,
+            time,
+            id,
+            payload,
+        }
+    }
+
+    /// The event's id, if its source has an id pointer and the record a value there.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// Whether this is the event `(source, id)`; `tag` is [`id_tag`] of `id`.
+    pub(crate) fn is(&self, source: u16, id: &str, tag: u16) -> bool {
+        self.id_tag == tag && self.source == source && self.id() == Some(id)
+    }
+
     /// Moves the fields out of a decoded event; the key is returned separately so
     /// nothing is copied.
     pub fn split(event: Event) -> (String, RecordEvent) {
@@ -311,16 +371,10 @@ impl RecordEvent {
             id,
             payload,
         } = event;
+        let id = id.map(String::into_boxed_str);
         (
             key,
-            RecordEvent {
-                source,
-                partition,
-                offset,
-                time,
-                id: id.map(String::into_boxed_str),
-                payload,
-            },
+            RecordEvent::new(source, partition, offset, time, id, payload),
         )
     }
 
@@ -791,13 +845,15 @@ mod tests {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| RecordEvent {
-                source: (i % 2) as u16,
-                partition: 0,
-                offset: i as u64,
-                time: 1_000 + i as i64,
-                id: Some(format!("e{i}").into()),
-                payload: format!("{{\"p\":\"{}\"}}", "x".repeat(n)).into(),
+            .map(|(i, &n)| {
+                RecordEvent::new(
+                    (i % 2) as u16,
+                    0,
+                    i as u64,
+                    1_000 + i as i64,
+                    Some(format!("e{i}").into()),
+                    format!("{{\"p\":\"{}\"}}", "x".repeat(n)).into(),
+                )
             })
             .collect()
     }
@@ -1013,6 +1069,20 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#""2026-01-05T08:00:00.123Z""1969-12-31T23:59:59.999Z""#
         );
+    }
+
+    /// Chunks written before the id's tag existed read back, and the tag read back is
+    /// the id's, so a read-back event is found as a duplicate.
+    #[test]
+    fn an_event_is_stored_as_its_six_fields_and_reads_back_with_its_tag() {
+        let e = RecordEvent::new(2, 7, 9, -5, Some("e-1".into()), "{}".into());
+        let fields = (2u16, 7u32, 9u64, -5i64, Some("e-1"), "{}");
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&fields).unwrap());
+        let back: RecordEvent = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, e);
+        assert!(back.is(2, "e-1", id_tag("e-1")));
+        assert!(!back.is(1, "e-1", id_tag("e-1")) && !back.is(2, "e-2", id_tag("e-2")));
     }
 
     #[test]

@@ -74,7 +74,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{CacheState, KeyCache, Lookup, Replaced};
 use super::{
     Checkpointed, FastMap, FastSet, Journey, JourneyId, LateArrival, Operator, Output, RecordEvent,
-    Topics, fingerprint,
+    Topics, fingerprint, id_tag,
 };
 use crate::decode::Event;
 use crate::state::{Persist, StateError, StateWriter};
@@ -480,14 +480,12 @@ impl KeyState {
                 IdCheck::New { scanned: 0 }
             };
         }
-        let mut scanned = 0;
+        let (mut scanned, tag) = (0, id_tag(id));
         for e in self.open.iter().flat_map(|s| &s.events) {
-            if let Some(other) = e.id.as_deref() {
-                if e.source == source && other == id {
-                    return IdCheck::Duplicate;
-                }
-                scanned += 1;
+            if e.is(source, id, tag) {
+                return IdCheck::Duplicate;
             }
+            scanned += usize::from(e.id.is_some());
         }
         if !self.emitted.is_empty() {
             let fp = fp();

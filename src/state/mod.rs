@@ -1469,14 +1469,14 @@ mod tests {
         use crate::engine::{JourneyId, RecordEvent};
         use crate::time::{PartitionId, PartitionSnapshot, WatermarkSnapshot};
 
-        let event = RecordEvent {
-            source: 2,
-            partition: 7,
-            offset: u64::MAX,
-            time: -5,
-            id: Some("e\u{0}1".into()),
-            payload: r#"{"a":[1,2]}"#.into(),
-        };
+        let event = RecordEvent::new(
+            2,
+            7,
+            u64::MAX,
+            -5,
+            Some("e\u{0}1".into()),
+            r#"{"a":[1,2]}"#.into(),
+        );
         let mut open = OpenSession::new(-5, event);
         open.last = 1_700_000_000_000;
         open.dropped = 7;
