@@ -463,9 +463,10 @@ impl Persist for KeyState {
 /// A key holding at most this many ids (open events and remembered fingerprints) finds
 /// duplicates by scanning them rather than in a hash set: a set costs about 30 bytes per
 /// id and a hundred per key, which is most of a typical session's overhead beyond its
-/// events (`cargo bench --bench memory`), while a scan of a few dozen ids compares
-/// lengths, bytes and integers already in memory. Beyond it, a set keeps each check
-/// O(1) for a key with a huge session.
+/// events (`cargo bench --bench memory`), while a scan of a few dozen ids compares the
+/// 16-bit tags kept in the events (an id's bytes only on a tag match) and the remembered
+/// fingerprints. Beyond it, a set keeps each check O(1) for a key with a huge session;
+/// it stays until the key's state goes, even if the key shrinks again.
 const SEEN_SCAN_MAX: usize = 32;
 
 impl KeyState {
@@ -2044,6 +2045,44 @@ mod tests {
         }
     }
 
+    /// [`run`], draining the state into `store` and evicting down to `max_cached` keys
+    /// after every `every`-th operator call; returns the run and the last epoch drained.
+    fn run_evicting(
+        op: &mut SessionOperator,
+        store: &MapStore,
+        arrivals: &[Event],
+        bound: i64,
+        every: usize,
+        max_cached: usize,
+    ) -> (Run, u64) {
+        let (mut calls, mut epoch) = (0, 0);
+        let run = run_with(op, arrivals, bound, |op| {
+            calls += 1;
+            if calls % every == 0 {
+                epoch += 1;
+                store.drain(op, epoch);
+                op.evict(max_cached, epoch);
+                // Everything was just drained and committed: all of it may go.
+                assert!(op.cached_keys() <= max_cached);
+            }
+        });
+        (run, epoch)
+    }
+
+    /// The records a session operator accepts: every one without an id, and the first
+    /// arrival of each (key, source, id).
+    fn first_arrivals(arrivals: &[Event]) -> Vec<Event> {
+        let mut first = BTreeSet::new();
+        arrivals
+            .iter()
+            .filter(|e| match &e.id {
+                Some(id) => first.insert((e.key.clone(), e.source, id.clone())),
+                None => true,
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Every record ends in exactly one journey, late report or duplicate; returns
     /// the records accepted into journeys.
     fn check_accounting(arrivals: &[Event], outputs: &[Output]) -> Vec<Event> {
@@ -2126,17 +2165,7 @@ mod tests {
             let run = run(&mut op, &arrivals, bound);
             prop_assert!(lates(&run.outputs).is_empty());
             let accepted = check_accounting(&arrivals, &run.outputs);
-            // Exactly the first arrival of each (key, source, id) is accepted.
-            let mut first = BTreeSet::new();
-            let expected: Vec<Event> = arrivals
-                .iter()
-                .filter(|e| match &e.id {
-                    Some(id) => first.insert((e.key.clone(), e.source, id.clone())),
-                    None => true,
-                })
-                .cloned()
-                .collect();
-            prop_assert_eq!(&accepted, &expected);
+            prop_assert_eq!(&accepted, &first_arrivals(&arrivals));
             check_journeys(gap, &accepted, &run, true);
             assert_empty(&op);
         }
@@ -2158,28 +2187,11 @@ mod tests {
             let arrivals = arrivals(&gens, bound, false);
             let plain = run(&mut op_retaining(gap as u64, 0, retention as u64), &arrivals, bound);
             let accepted = check_accounting(&arrivals, &plain.outputs);
-            let mut first = BTreeSet::new();
-            let expected: Vec<Event> = arrivals
-                .iter()
-                .filter(|e| match &e.id {
-                    Some(id) => first.insert((e.source, id.clone())),
-                    None => true,
-                })
-                .cloned()
-                .collect();
-            prop_assert_eq!(&accepted, &expected);
+            prop_assert_eq!(&accepted, &first_arrivals(&arrivals));
             check_journeys(gap, &accepted, &plain, true);
             let mut op = op_retaining(gap as u64, 0, retention as u64);
             let store = MapStore::attached_to(&mut op);
-            let (mut calls, mut epoch) = (0, 0);
-            let evicted = run_with(&mut op, &arrivals, bound, |op| {
-                calls += 1;
-                if calls % every == 0 {
-                    epoch += 1;
-                    store.drain(op, epoch);
-                    op.evict(0, epoch);
-                }
-            });
+            let evicted = run_evicting(&mut op, &store, &arrivals, bound, every, 0).0;
             prop_assert_eq!(&evicted.outputs, &plain.outputs);
         }
 
@@ -2228,17 +2240,7 @@ mod tests {
             let plain = run(&mut make(), &arrivals, bound);
             let mut op = make();
             let store = MapStore::attached_to(&mut op);
-            let (mut calls, mut epoch) = (0, 0);
-            let cached = run_with(&mut op, &arrivals, bound, |op| {
-                calls += 1;
-                if calls % every == 0 {
-                    epoch += 1;
-                    store.drain(op, epoch);
-                    op.evict(max_cached, epoch);
-                    // Everything was just drained and committed: all of it may go.
-                    assert!(op.cached_keys() <= max_cached);
-                }
-            });
+            let (cached, epoch) = run_evicting(&mut op, &store, &arrivals, bound, every, max_cached);
             prop_assert_eq!(&cached.outputs, &plain.outputs);
             // A key leaves once its chunks are deleted, at the next drain. Then nothing
             // is left behind: no key, timer, head or chunk.
