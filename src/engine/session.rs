@@ -763,7 +763,15 @@ impl SessionOperator {
             .min(first.saturating_add(max_span));
         let forget_after = close_deadline(gap, grace, max_span, first, session.last)
             .saturating_add(self.retention);
-        let fingerprints = session.fingerprints().collect();
+        // Room for exactly its ids, and for one remembered session: collecting (or a
+        // first insert) would reserve for 4 and grow by doubling, a third of the
+        // fingerprints' room and three sessions' unused while the journey is remembered.
+        let mut fingerprints = Vec::with_capacity(session.events.len());
+        fingerprints.extend(session.fingerprints());
+        fingerprints.shrink_to_fit();
+        if state.emitted.is_empty() {
+            state.emitted.reserve_exact(1);
+        }
         let at = state.emitted.partition_point(|s| s.first < first);
         state.emitted.insert(
             at,
