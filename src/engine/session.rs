@@ -471,11 +471,11 @@ const SEEN_SCAN_MAX: usize = 32;
 
 impl KeyState {
     /// Whether `(source, id)` is already in an open or remembered session of the key.
-    /// `fp` gives its fingerprint, computed only when needed (open events compare their
-    /// ids themselves).
-    fn check_id(&self, source: u16, id: &str, fp: impl Fn() -> u128) -> IdCheck {
+    /// Its fingerprint is computed only when needed: open events compare their ids
+    /// themselves.
+    fn check_id(&self, source: u16, id: &str) -> IdCheck {
         if let Some(seen) = &self.seen {
-            return if seen.contains(&fp()) {
+            return if seen.contains(&fingerprint(source, id)) {
                 IdCheck::Duplicate
             } else {
                 IdCheck::New { scanned: 0 }
@@ -489,7 +489,7 @@ impl KeyState {
             scanned += usize::from(e.id.is_some());
         }
         if !self.emitted.is_empty() {
-            let fp = fp();
+            let fp = fingerprint(source, id);
             for s in &self.emitted {
                 if s.fingerprints.contains(&fp) {
                     return IdCheck::Duplicate;
@@ -521,21 +521,16 @@ impl KeyState {
         self.seen = Some(Box::new(open.chain(emitted).collect()));
     }
 
-    /// After an event was added: `fp` is its fingerprint if the key has an index (and
-    /// the event an id), `scanned` what [`KeyState::check_id`] scanned for it. The index
-    /// is built once the key holds more than [`SEEN_SCAN_MAX`] ids.
-    fn index_added(&mut self, fp: Option<u128>, scanned: usize) {
-        match &mut self.seen {
-            Some(seen) => seen.extend(fp),
-            None if scanned >= SEEN_SCAN_MAX => self.build_seen(),
-            None => {}
+    /// Indexes an event about to be added, for which [`KeyState::check_id`] scanned
+    /// `scanned` ids: the index is built once the key will hold more than
+    /// [`SEEN_SCAN_MAX`] ids, and then holds the event's id too.
+    fn index_new(&mut self, event: &RecordEvent, scanned: usize) {
+        if self.seen.is_none() && scanned >= SEEN_SCAN_MAX {
+            self.build_seen();
         }
-    }
-
-    /// The fingerprint [`KeyState::index_added`] needs of an event about to be added.
-    fn fingerprint_to_index(&self, event: &RecordEvent) -> Option<u128> {
-        let id = event.id.as_deref().filter(|_| self.seen.is_some())?;
-        Some(fingerprint(event.source, id))
+        if let (Some(seen), Some(id)) = (&mut self.seen, event.id()) {
+            seen.insert(fingerprint(event.source, id));
+        }
     }
 
     /// Takes remembered fingerprints out of the index, if the key has one.
@@ -549,13 +544,12 @@ impl KeyState {
 
     /// Starts a session of one event at index `at` of `open`.
     fn start_session(&mut self, at: usize, t: i64, event: RecordEvent, scanned: usize) {
-        let fp = self.fingerprint_to_index(&event);
+        self.index_new(&event, scanned);
         // Most keys hold one session at a time; a first insert would reserve room for 4.
         if self.open.is_empty() {
             self.open.reserve_exact(1);
         }
         self.open.insert(at, OpenSession::new(t, event));
-        self.index_added(fp, scanned);
     }
 }
 
@@ -873,7 +867,7 @@ impl Operator for SessionOperator {
 
         let state = entry.state();
         let scanned = match event.id.as_deref() {
-            Some(id) => match state.check_id(event.source, id, || fingerprint(event.source, id)) {
+            Some(id) => match state.check_id(event.source, id) {
                 IdCheck::Duplicate => {
                     out.push(Output::duplicate(event));
                     return;
@@ -953,9 +947,8 @@ impl Operator for SessionOperator {
         session.last = session.last.max(t);
         if session.events.len() < max_events {
             let (_, record) = RecordEvent::split(event);
-            let fp = state.fingerprint_to_index(&record);
+            state.index_new(&record, scanned);
             push_event(&mut state.open[i].events, record);
-            state.index_added(fp, scanned);
         } else {
             // A bot key's endless session keeps its window moving but not its events.
             session.dropped += 1;
