@@ -2,9 +2,9 @@
 //!
 //! A job's output records are first given a place — an output topic, the partition of
 //! their key, and the next sequence number of that partition. They are committed to
-//! the state store's outbox (compressed, in the checkpoint's journal file, which the
-//! checkpoint's RocksDB batch names) together with the state and source positions that
-//! produced them, then stamped with their place
+//! the state store's outbox (compressed, in the checkpoint's journal, which the
+//! checkpoint's RocksDB batch names or, when small, holds) together with the state and
+//! source positions that produced them, then stamped with their place
 //! (`"producer":{"job":…,"seq":…}` appended to the JSON object), appended to the output
 //! log, synced, and only then removed from the outbox (acknowledged). Between the
 //! thread that makes a record and the output log, only its compressed form is held: on

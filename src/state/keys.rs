@@ -13,6 +13,7 @@
 //! | `chunks`    | `str(key) ‖ u32be(chunk id)`          | packed chunk of the key's events       |
 //! | `outbox`    | `b"j" ‖ u64be(n)`                     | postcard `JournalMeta` of journal `n`  |
 //! | `outbox`    | `b"a" ‖ u64be(n) ‖ str(topic) ‖ u32be(partition)` | u64 big-endian: journal `n`'s records of that partition acknowledged up to this seq |
+//! | `outbox`    | `b"i" ‖ u64be(n)`                     | inline journal `n`: its bytes, in the journal file format |
 //!
 //! `str(s)` is the order-preserving escaped form of a string: every 0x00 byte becomes
 //! `00 FF` and the string ends with `00 01`. It is self-delimiting (a topic may contain any
@@ -21,8 +22,9 @@
 //! by (topic, partition) and the outbox's journals by number. Integers are big-endian
 //! for the same reason (little-endian would put 256 before 1).
 //!
-//! The output records themselves are not in RocksDB: each checkpoint's are in a journal
-//! file that its `outbox` entry names (`crate::state::journal`).
+//! The output records of a checkpoint are in a journal that its `outbox` entry names: a
+//! file, or for a small one an `i` value written in the same batch
+//! (`crate::state::journal`).
 //!
 //! The `keys` CF holds only correlation keys, so it needs no framing: the key is stored
 //! as its raw UTF-8 bytes, which keeps point lookups and the bloom filter cheap. A key's
@@ -32,7 +34,11 @@
 //! one key's chunks are exactly the keys with prefix `str(key)`, in id order.
 
 /// Version of this layout; stored in `meta` on creation and checked on open.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
+
+/// The older layout this one reads and upgrades in place: version 5 had no inline
+/// journals, and is otherwise the same.
+pub const UPGRADES_FROM: u32 = 5;
 
 /// Column family names.
 pub const CF_META: &str = "meta";
@@ -155,6 +161,13 @@ pub fn journal_key(n: u64) -> [u8; 9] {
     out
 }
 
+/// Key of inline journal `n`'s bytes in the `outbox` CF.
+pub fn inline_key(n: u64) -> [u8; 9] {
+    let mut out = [b'i'; 9];
+    out[1..].copy_from_slice(&n.to_be_bytes());
+    out
+}
+
 /// Key of how far journal `n`'s records of an output topic/partition are acknowledged,
 /// in the `outbox` CF.
 pub fn ack_key(n: u64, topic: &str, partition: u32) -> Vec<u8> {
@@ -179,16 +192,18 @@ pub fn ack_range(n: u64) -> (Vec<u8>, Vec<u8>) {
     (from, to)
 }
 
-/// An `outbox` CF key: a journal's or an acknowledgement's.
+/// An `outbox` CF key: a journal's, an inline journal's bytes or an acknowledgement's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxKey {
     Journal(u64),
+    Inline(u64),
     Ack(u64, String, u32),
 }
 
 pub fn decode_outbox_key(key: &[u8]) -> Result<OutboxKey, KeyError> {
     match key.split_first() {
         Some((b'j', n)) => Ok(OutboxKey::Journal(decode_u64(n)?)),
+        Some((b'i', n)) => Ok(OutboxKey::Inline(decode_u64(n)?)),
         Some((b'a', rest)) => {
             let (n, rest) = rest.split_at_checked(8).ok_or(KeyError::BadLength {
                 expected: 8,
@@ -290,6 +305,9 @@ mod tests {
             let (ja, jb) = (journal_key(a), journal_key(b));
             prop_assert_eq!(decode_outbox_key(&ja).unwrap(), OutboxKey::Journal(a));
             prop_assert_eq!(ja.cmp(&jb), a.cmp(&b));
+            let inline = inline_key(a);
+            prop_assert_eq!(decode_outbox_key(&inline).unwrap(), OutboxKey::Inline(a));
+            prop_assert_eq!(inline.cmp(&inline_key(b)), a.cmp(&b));
             let ack = ack_key(a, &topic, partition);
             prop_assert_eq!(
                 decode_outbox_key(&ack).unwrap(),

@@ -5,8 +5,8 @@
 //! and deleted per-key states, source positions, the watermark snapshot and the output
 //! records produced since (the outbox) — and [`StateStore::commit`] writes it as ONE
 //! RocksDB `WriteBatch` with the WAL fsynced. The output records themselves go to a
-//! [`journal`] file, fsynced first, that the batch names: they count only once it is
-//! committed. That is the invariant recovery rests on: after a crash the store holds
+//! [`journal`] that the batch names — a file fsynced first, or when small, bytes in the
+//! batch itself: they count only once it is committed. That is the invariant recovery rests on: after a crash the store holds
 //! exactly the last committed checkpoint, never a part of one, so positions, state and
 //! not-yet-published output always agree.
 //!
@@ -17,8 +17,9 @@
 //! - One writer: RocksDB's `LOCK` file excludes a second open, in this or another
 //!   process. [`StateStore::open_read_only`] reads alongside a writer (as of the
 //!   moment it opened) for `braid inspect`.
-//! - Only the checkpoint (journal, then batch) is fsynced, and the removal of a journal
-//!   whose every record is acknowledged (so that a named journal always has its file).
+//! - Only the checkpoint (journal file if any, then batch) is fsynced, and the removal
+//!   of a journal file's entry once its every record is acknowledged (so that a named
+//!   journal always has its file).
 //!   Other acks of published output are not (a lost ack re-offers entries whose seq the
 //!   publisher has already written, so the publisher skips seqs it finds published).
 //!
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use journal::JournalMeta;
 use keys::{
     ALL_CFS, CF_CHUNKS, CF_KEYS, CF_META, CF_OUTBOX, CF_POSITIONS, FORMAT_VERSION, KeyError,
-    META_FINGERPRINT, META_FORMAT_VERSION, META_NEXT_JOURNAL, META_WATERMARKS, OutboxKey,
+    UPGRADES_FROM, META_FINGERPRINT, META_FORMAT_VERSION, META_NEXT_JOURNAL, META_WATERMARKS, OutboxKey,
 };
 
 /// Errors of the state store; every one names the state directory.
@@ -387,6 +388,9 @@ pub struct StateOptions {
     /// keys and chunks; output records are in journals — then fit with room for one
     /// being flushed), at most 64 MiB.
     pub write_buffer_bytes: usize,
+    /// The largest checkpoint output written inline, in the batch, rather than to a
+    /// journal file ([`journal::INLINE_MAX_BYTES`]; 0: always a file).
+    pub inline_journal_bytes: usize,
 }
 
 impl Default for StateOptions {
@@ -394,6 +398,7 @@ impl Default for StateOptions {
         StateOptions {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
+            inline_journal_bytes: journal::INLINE_MAX_BYTES,
         }
     }
 }
@@ -504,6 +509,8 @@ pub struct StateStore {
     /// committer adds journals, the publisher acknowledges: a lock held for bookkeeping
     /// only, never across a write.
     journals: Mutex<Journals>,
+    /// [`StateOptions::inline_journal_bytes`].
+    inline_max: usize,
 }
 
 /// The store's view of its outbox ([`journal`]).
@@ -518,6 +525,8 @@ struct Journals {
 #[derive(Debug, Clone)]
 struct LiveJournal {
     meta: JournalMeta,
+    /// Its bytes are in the batch (the `outbox` CF), not in a file.
+    inline: bool,
     /// Per output topic/partition, how far its records in this journal are
     /// acknowledged (an acknowledgement covers the records committed before it).
     acked: BTreeMap<(String, u32), u64>,
@@ -619,6 +628,7 @@ impl StateStore {
             dir: dir_buf,
             read_only: false,
             journals: Mutex::default(),
+            inline_max: opts.inline_journal_bytes,
         };
         if fresh {
             let mut batch = WriteBatch::default();
@@ -656,6 +666,7 @@ impl StateStore {
             dir: dir_buf,
             read_only: true,
             journals: Mutex::default(),
+            inline_max: 0,
         };
         store.check_meta(None)?;
         store.load_journals()?;
@@ -741,18 +752,24 @@ impl StateStore {
         if let Some(watermarks) = &cp.watermarks {
             batch.put_cf(self.cf(CF_META), META_WATERMARKS, watermarks);
         }
-        // The output goes to a journal of its own, fsynced before the batch that names
-        // it (journal module doc).
+        // The output goes to a journal of its own: a small one inline, a large one to a
+        // file fsynced before the batch that names it (journal module doc).
         let journal = if outbox.is_empty() {
             None
         } else {
             let n = self.journals().next;
-            let meta = journal::write(&self.dir, n, &outbox).map_err(|source| {
-                StateError::WriteFailed {
-                    dir: self.dir.clone(),
-                    source,
-                }
-            })?;
+            let failed = |source| StateError::WriteFailed {
+                dir: self.dir.clone(),
+                source,
+            };
+            let inline = journal::fits_inline(&outbox, self.inline_max);
+            let meta = if inline {
+                let (bytes, meta) = journal::encode(&outbox).map_err(failed)?;
+                batch.put_cf(self.cf(CF_OUTBOX), keys::inline_key(n), bytes);
+                meta
+            } else {
+                journal::write(&self.dir, n, &outbox).map_err(failed)?
+            };
             batch.put_cf(
                 self.cf(CF_OUTBOX),
                 keys::journal_key(n),
@@ -761,27 +778,32 @@ impl StateStore {
             // Numbers are never reused, so a reader that opened before a journal was
             // removed cannot mistake a newer file for it.
             batch.put_cf(self.cf(CF_META), META_NEXT_JOURNAL, (n + 1).to_be_bytes());
-            Some((n, meta))
+            Some((n, meta, inline))
         };
-        let journal_bytes = journal.as_ref().map_or(0, |(_, m)| m.bytes as usize);
+        let journal_bytes = journal.as_ref().map_or(0, |(_, m, _)| m.bytes as usize);
+        let file_bytes = match journal {
+            Some((_, _, false)) => journal_bytes,
+            _ => 0,
+        };
         let stats = CommitStats {
             upserts,
             chunks,
             deletes: cp.deletes.len(),
             positions: cp.positions.len(),
             outbox: cp.outbox.len(),
-            bytes: batch.size_in_bytes() + journal_bytes,
+            bytes: batch.size_in_bytes() + file_bytes,
             head_bytes,
             chunk_bytes,
             outbox_bytes: journal_bytes,
         };
         self.write_synced(batch, "committing a checkpoint")?;
-        if let Some((n, meta)) = journal {
+        if let Some((n, meta, inline)) = journal {
             let mut journals = self.journals();
             journals.live.insert(
                 n,
                 LiveJournal {
                     meta,
+                    inline,
                     acked: BTreeMap::new(),
                 },
             );
@@ -802,6 +824,7 @@ impl StateStore {
     fn load_journals(&self) -> Result<(), StateError> {
         let mut loaded = Journals::default();
         let mut acks = Vec::new();
+        let mut inline = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
             let (key, value) = item.map_err(|e| self.rocks("reading the outbox", e))?;
             match keys::decode_outbox_key(&key).map_err(|e| self.bad_key(CF_OUTBOX, &key, e))? {
@@ -809,8 +832,14 @@ impl StateStore {
                     let meta: JournalMeta = postcard::from_bytes(&value)
                         .map_err(|e| self.corrupt(CF_OUTBOX, &key, e.to_string()))?;
                     let acked = BTreeMap::new();
-                    loaded.live.insert(n, LiveJournal { meta, acked });
+                    let journal = LiveJournal {
+                        meta,
+                        inline: false,
+                        acked,
+                    };
+                    loaded.live.insert(n, journal);
                 }
+                OutboxKey::Inline(n) => inline.push(n),
                 OutboxKey::Ack(n, topic, partition) => {
                     let seq = keys::decode_u64(&value)
                         .map_err(|e| self.corrupt(CF_OUTBOX, &key, format!("value: {e}")))?;
@@ -818,11 +847,16 @@ impl StateStore {
                 }
             }
         }
-        // Acknowledgements sort before journals. A journal's removal deletes its
-        // acknowledgements in the same write, so none can outlive it.
+        // A journal's removal deletes its acknowledgements and inline bytes in the same
+        // write, so none can outlive it.
         for (n, topic, partition, seq) in acks {
             if let Some(journal) = loaded.live.get_mut(&n) {
                 journal.acked.insert((topic, partition), seq);
+            }
+        }
+        for n in inline {
+            if let Some(journal) = loaded.live.get_mut(&n) {
+                journal.inline = true;
             }
         }
         let io = |source| StateError::Io {
@@ -839,7 +873,7 @@ impl StateStore {
         // leftover file can be numbered beyond `recorded`.
         loaded.next = files.iter().map(|n| n + 1).fold(recorded, u64::max);
         if !self.read_only {
-            for n in files.into_iter().filter(|n| !loaded.live.contains_key(n)) {
+            for n in files.into_iter().filter(|n| loaded.live.get(n).is_none_or(|j| j.inline)) {
                 std::fs::remove_file(journal::path(&self.dir, n)).map_err(io)?;
             }
         }
@@ -951,6 +985,18 @@ impl StateStore {
         let live = self.journals().live.clone();
         let mut out = Vec::new();
         for (n, journal) in &live {
+            if journal.inline {
+                let key = keys::inline_key(*n);
+                let bytes = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_OUTBOX), key)
+                    .map_err(|e| self.rocks("reading the outbox", e))?
+                    .ok_or_else(|| self.corrupt(CF_OUTBOX, &key, "inline journal missing"))?;
+                let entries = journal::decode(&bytes, &journal.meta)
+                    .map_err(|reason| self.corrupt(CF_OUTBOX, &key, reason))?;
+                out.extend(entries.into_iter().filter(|e| !journal.is_acked(e)));
+                continue;
+            }
             let entries = match journal::read(&self.dir, *n, &journal.meta) {
                 Ok(entries) => entries,
                 // Read-only beside a running job: published and removed since this store
@@ -1002,7 +1048,7 @@ impl StateStore {
                 }
                 *acked = up_to_seq;
                 if journal.done() {
-                    done.push(*n);
+                    done.push((*n, journal.inline));
                 } else {
                     batch.put_cf(
                         outbox_cf,
@@ -1011,7 +1057,7 @@ impl StateStore {
                     );
                 }
             }
-            for n in &done {
+            for (n, _) in &done {
                 journals.live.remove(n);
             }
         }
@@ -1024,13 +1070,26 @@ impl StateStore {
                 .write(batch)
                 .map_err(|e| self.rocks("acknowledging output", e));
         }
-        for n in &done {
-            batch.delete_cf(outbox_cf, keys::journal_key(*n));
-            let (from, to) = keys::ack_range(*n);
+        for &(n, inline) in &done {
+            batch.delete_cf(outbox_cf, keys::journal_key(n));
+            let (from, to) = keys::ack_range(n);
             batch.delete_range_cf(outbox_cf, from, to);
+            if inline {
+                batch.delete_cf(outbox_cf, keys::inline_key(n));
+            }
+        }
+        // Only a file's removal must be fsynced first (journal module doc).
+        if done.iter().all(|&(_, inline)| inline) {
+            return self
+                .db
+                .write(batch)
+                .map_err(|e| self.rocks("acknowledging output", e));
         }
         self.write_synced(batch, "acknowledging output")?;
-        for n in done {
+        for (n, inline) in done {
+            if inline {
+                continue;
+            }
             match std::fs::remove_file(journal::path(&self.dir, n)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1125,7 +1184,17 @@ impl StateStore {
                 });
             }
         };
-        if version != FORMAT_VERSION {
+        if version == UPGRADES_FROM && !self.read_only {
+            // Nothing of the older layout changes meaning in this one, so the new
+            // version is recorded before anything of the new layout is written.
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                self.cf(CF_META),
+                META_FORMAT_VERSION,
+                FORMAT_VERSION.to_be_bytes(),
+            );
+            self.write_synced(batch, "upgrading the layout version")?;
+        } else if version != FORMAT_VERSION && version != UPGRADES_FROM {
             return Err(StateError::UnsupportedVersion {
                 dir: self.dir.clone(),
                 found: version,
@@ -1220,11 +1289,13 @@ mod tests {
         let small = StateOptions {
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 4 << 20,
+            ..StateOptions::default()
         };
         assert_eq!(small.memtable_bytes(), 1 << 20);
         let huge = StateOptions {
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 1 << 40,
+            ..StateOptions::default()
         };
         assert_eq!(huge.memtable_bytes(), 64 << 20);
         // 24 MiB of key states through 1 MiB memtables: RocksDB keeps switching and
@@ -1919,6 +1990,14 @@ mod tests {
         journal::list(dir).unwrap()
     }
 
+    /// Every checkpoint's output to a journal file, however small.
+    fn files() -> StateOptions {
+        StateOptions {
+            inline_journal_bytes: 0,
+            ..StateOptions::default()
+        }
+    }
+
     /// Commits a checkpoint of nothing but `outbox`.
     fn emit(store: &StateStore, outbox: &[OutboxEntry]) {
         store
@@ -1932,7 +2011,7 @@ mod tests {
     #[test]
     fn a_journal_lives_until_every_partition_in_it_is_acknowledged() {
         let (_tmp, dir) = store_dir();
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         let first = [entry("a", 0, 1), entry("a", 0, 2), entry("b", 1, 1)];
         emit(&store, &first);
         emit(&store, &[entry("a", 0, 3)]);
@@ -1944,7 +2023,7 @@ mod tests {
         assert_eq!(all_outbox(&store), vec![entry("b", 1, 1)]);
         // Across a reopen the acknowledgements hold and numbering goes on.
         drop(store);
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         assert_eq!(all_outbox(&store), vec![entry("b", 1, 1)]);
         store.ack_outbox("b", 1, 1).unwrap();
         assert!(journal_files(&dir).is_empty());
@@ -1957,7 +2036,7 @@ mod tests {
     #[test]
     fn a_journal_no_checkpoint_names_is_deleted_on_open_and_never_read() {
         let (_tmp, dir) = store_dir();
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         emit(&store, &[entry("a", 0, 1)]);
         // What a crash between a journal's write and its batch's leaves behind.
         let leftover = entry("a", 0, 2);
@@ -1968,7 +2047,7 @@ mod tests {
         assert_eq!(all_outbox(&ro), vec![entry("a", 0, 1)]);
         assert_eq!(journal_files(&dir), vec![1, 2], "a reader deletes nothing");
         drop(ro);
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         assert_eq!(journal_files(&dir), vec![1]);
         emit(&store, &[entry("a", 0, 2)]);
         // The leftover's number is not reused either.
@@ -1979,7 +2058,7 @@ mod tests {
     #[test]
     fn a_damaged_journal_is_an_error_naming_it() {
         let (_tmp, dir) = store_dir();
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         emit(&store, &[entry("a", 0, 1), entry("a", 0, 2)]);
         let file = journal::path(&dir, 1);
         let data = std::fs::read(&file).unwrap();
@@ -2006,11 +2085,99 @@ mod tests {
     #[test]
     fn a_reader_skips_journals_published_and_removed_since_it_opened() {
         let (_tmp, dir) = store_dir();
-        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        let store = StateStore::open(&dir, FP, files()).unwrap();
         emit(&store, &[entry("a", 0, 1)]);
         emit(&store, &[entry("a", 0, 2)]);
         let ro = StateStore::open_read_only(&dir).unwrap();
         store.ack_outbox("a", 0, 1).unwrap();
         assert_eq!(all_outbox(&ro), vec![entry("a", 0, 2)]);
+    }
+
+    #[test]
+    fn a_small_output_is_journaled_inline_and_a_large_one_in_a_file() {
+        let (_tmp, dir) = store_dir();
+        let opts = StateOptions {
+            inline_journal_bytes: 100,
+            ..StateOptions::default()
+        };
+        let store = StateStore::open(&dir, FP, opts).unwrap();
+        let large: Vec<OutboxEntry> = (1..=10).map(|seq| entry("a", 0, seq)).collect();
+        emit(&store, &[entry("b", 0, 1)]);
+        emit(&store, &large);
+        emit(&store, &[entry("a", 0, 11), entry("b", 0, 2)]);
+        assert_eq!(journal_files(&dir), vec![2], "only the large output has a file");
+        assert_eq!(store.stats().outbox, 3);
+        let mut all = large.clone();
+        all.extend([entry("a", 0, 11), entry("b", 0, 1), entry("b", 0, 2)]);
+        assert_eq!(all_outbox(&store), all);
+        // A reader sees inline journals as they were when it opened.
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        store.ack_outbox("b", 0, 1).unwrap();
+        assert_eq!(all_outbox(&ro), all);
+        drop(ro);
+        store.ack_outbox("a", 0, 11).unwrap();
+        assert!(journal_files(&dir).is_empty());
+        assert_eq!(store.stats().outbox, 1, "journal 3 still holds b/2");
+        // Removed inline journals stay removed across a reopen, and their bytes too.
+        drop(store);
+        let store = StateStore::open(&dir, FP, opts).unwrap();
+        assert_eq!(all_outbox(&store), vec![entry("b", 0, 2)]);
+        store.ack_outbox("b", 0, 2).unwrap();
+        assert_eq!(store.stats().outbox, 0);
+        let outbox_cf = store.cf(CF_OUTBOX);
+        assert_eq!(store.db.iterator_cf(outbox_cf, IteratorMode::Start).count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_inline_journal_is_an_error_naming_its_entry() {
+        let (_tmp, dir) = store_dir();
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        emit(&store, &[entry("a", 0, 1), entry("a", 0, 2)]);
+        let key = keys::inline_key(1);
+        let outbox_cf = store.cf(CF_OUTBOX);
+        let mut bytes = store.db.get_cf(outbox_cf, key).unwrap().unwrap();
+        let written = bytes.len();
+        bytes.pop();
+        store.db.put_cf(outbox_cf, key, &bytes).unwrap();
+        let err = store.outbox().find_map(Result::err).unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {}: corrupt entry in column family `outbox` at key \"i\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\": {} bytes, its checkpoint wrote {written}",
+                dir.display(),
+                written - 1
+            )
+        );
+        store.db.delete_cf(outbox_cf, key).unwrap();
+        let err = store.outbox().find_map(Result::err).unwrap();
+        assert!(err.to_string().ends_with(": inline journal missing"), "{err}");
+    }
+
+    #[test]
+    fn a_store_of_the_previous_layout_is_upgraded_and_an_older_one_refused() {
+        let (_tmp, dir) = store_dir();
+        let set_version = |v: u32| {
+            let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+            let meta = store.cf(CF_META);
+            store.db.put_cf(meta, META_FORMAT_VERSION, v.to_be_bytes()).unwrap();
+        };
+        let version = |store: &StateStore| store.get_meta(META_FORMAT_VERSION).unwrap().unwrap();
+        set_version(UPGRADES_FROM);
+        let ro = StateStore::open_read_only(&dir).unwrap();
+        assert_eq!(version(&ro), UPGRADES_FROM.to_be_bytes(), "a reader changes nothing");
+        drop(ro);
+        let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
+        assert_eq!(version(&store), FORMAT_VERSION.to_be_bytes());
+        drop(store);
+        set_version(UPGRADES_FROM - 1);
+        assert_eq!(
+            StateStore::open(&dir, FP, StateOptions::default())
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "state directory {} has layout version 4, this braid reads version 6",
+                dir.display()
+            )
+        );
     }
 }
