@@ -1,4 +1,5 @@
-//! The outbox journal: each checkpoint's output records, in a file of their own.
+//! The outbox journal: each checkpoint's output records, in a file of their own (or,
+//! when small, inline in the checkpoint's batch).
 //!
 //! A checkpoint's output is written to `outbox/<n>.journal` in the state directory
 //! (`n` counts up), fsynced, and only then is the checkpoint's RocksDB batch committed,
@@ -29,8 +30,9 @@
 //! - The bytes (a file's or an inline journal's) are checked against the length and CRC
 //!   its entry gives before any of its records is used.
 //!
-//! Format (a file's and an inline journal's): a sequence of records, each a u32 little-endian length followed by that
-//! many bytes of postcard ([`JournalRecord`]), in (topic, partition, seq) order.
+//! Format (a file's and an inline journal's): a sequence of records, each a u32
+//! little-endian length followed by that many bytes of postcard ([`JournalRecord`]), in
+//! (topic, partition, seq) order.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -228,6 +230,8 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn entry(topic: &str, partition: u32, seq: u64, key: Option<&[u8]>) -> OutboxEntry {
@@ -261,6 +265,41 @@ mod tests {
         );
         assert_eq!(read(tmp.path(), 3, &meta).unwrap(), entries.to_vec());
         assert_eq!(list(tmp.path()).unwrap(), vec![3]);
+    }
+
+    proptest! {
+        #[test]
+        fn what_fits_inline_encodes_within_the_bound_and_reads_back(
+            parts in prop::collection::vec(
+                (
+                    "[a-z.]{0,12}",
+                    any::<u32>(),
+                    any::<u64>(),
+                    prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+                    prop::collection::vec(any::<u8>(), 0..300),
+                ),
+                0..20,
+            ),
+            max in 0usize..4096,
+        ) {
+            let entries: Vec<OutboxEntry> = parts
+                .into_iter()
+                .map(|(topic, partition, seq, key, stored)| OutboxEntry {
+                    topic,
+                    partition,
+                    seq,
+                    key,
+                    stored,
+                })
+                .collect();
+            let refs: Vec<&OutboxEntry> = entries.iter().collect();
+            let (bytes, meta) = encode(&refs).unwrap();
+            prop_assert_eq!(bytes.len() as u64, meta.bytes);
+            if fits_inline(&refs, max) {
+                prop_assert!(bytes.len() <= max, "{} > {max}", bytes.len());
+            }
+            prop_assert_eq!(decode(&bytes, &meta).unwrap(), entries);
+        }
     }
 
     #[test]

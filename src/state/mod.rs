@@ -6,9 +6,9 @@
 //! records produced since (the outbox) — and [`StateStore::commit`] writes it as ONE
 //! RocksDB `WriteBatch` with the WAL fsynced. The output records themselves go to a
 //! [`journal`] that the batch names — a file fsynced first, or when small, bytes in the
-//! batch itself: they count only once it is committed. That is the invariant recovery rests on: after a crash the store holds
-//! exactly the last committed checkpoint, never a part of one, so positions, state and
-//! not-yet-published output always agree.
+//! batch itself: they count only once it is committed. That is the invariant recovery
+//! rests on: after a crash the store holds exactly the last committed checkpoint, never
+//! a part of one, so positions, state and not-yet-published output always agree.
 //!
 //! Other invariants:
 //! - A directory is opened only if it is a braid state store of this layout version
@@ -56,7 +56,8 @@ use serde::{Deserialize, Serialize};
 use journal::JournalMeta;
 use keys::{
     ALL_CFS, CF_CHUNKS, CF_KEYS, CF_META, CF_OUTBOX, CF_POSITIONS, FORMAT_VERSION, KeyError,
-    UPGRADES_FROM, META_FINGERPRINT, META_FORMAT_VERSION, META_NEXT_JOURNAL, META_WATERMARKS, OutboxKey,
+    META_FINGERPRINT, META_FORMAT_VERSION, META_NEXT_JOURNAL, META_WATERMARKS, OutboxKey,
+    UPGRADES_FROM,
 };
 
 /// Errors of the state store; every one names the state directory.
@@ -878,7 +879,10 @@ impl StateStore {
         // leftover file can be numbered beyond `recorded`.
         loaded.next = files.iter().map(|n| n + 1).fold(recorded, u64::max);
         if !self.read_only {
-            for n in files.into_iter().filter(|n| loaded.live.get(n).is_none_or(|j| j.inline)) {
+            for n in files
+                .into_iter()
+                .filter(|n| loaded.live.get(n).is_none_or(|j| j.inline))
+            {
                 std::fs::remove_file(journal::path(&self.dir, n)).map_err(io)?;
             }
         }
@@ -2110,7 +2114,11 @@ mod tests {
         emit(&store, &[entry("b", 0, 1)]);
         emit(&store, &large);
         emit(&store, &[entry("a", 0, 11), entry("b", 0, 2)]);
-        assert_eq!(journal_files(&dir), vec![2], "only the large output has a file");
+        assert_eq!(
+            journal_files(&dir),
+            vec![2],
+            "only the large output has a file"
+        );
         assert_eq!(store.stats().outbox, 3);
         let mut all = large.clone();
         all.extend([entry("a", 0, 11), entry("b", 0, 1), entry("b", 0, 2)]);
@@ -2130,7 +2138,10 @@ mod tests {
         store.ack_outbox("b", 0, 2).unwrap();
         assert_eq!(store.stats().outbox, 0);
         let outbox_cf = store.cf(CF_OUTBOX);
-        assert_eq!(store.db.iterator_cf(outbox_cf, IteratorMode::Start).count(), 0);
+        assert_eq!(
+            store.db.iterator_cf(outbox_cf, IteratorMode::Start).count(),
+            0
+        );
     }
 
     #[test]
@@ -2155,7 +2166,10 @@ mod tests {
         );
         store.db.delete_cf(outbox_cf, key).unwrap();
         let err = store.outbox().find_map(Result::err).unwrap();
-        assert!(err.to_string().ends_with(": inline journal missing"), "{err}");
+        assert!(
+            err.to_string().ends_with(": inline journal missing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -2164,12 +2178,19 @@ mod tests {
         let set_version = |v: u32| {
             let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
             let meta = store.cf(CF_META);
-            store.db.put_cf(meta, META_FORMAT_VERSION, v.to_be_bytes()).unwrap();
+            store
+                .db
+                .put_cf(meta, META_FORMAT_VERSION, v.to_be_bytes())
+                .unwrap();
         };
         let version = |store: &StateStore| store.get_meta(META_FORMAT_VERSION).unwrap().unwrap();
         set_version(UPGRADES_FROM);
         let ro = StateStore::open_read_only(&dir).unwrap();
-        assert_eq!(version(&ro), UPGRADES_FROM.to_be_bytes(), "a reader changes nothing");
+        assert_eq!(
+            version(&ro),
+            UPGRADES_FROM.to_be_bytes(),
+            "a reader changes nothing"
+        );
         drop(ro);
         let store = StateStore::open(&dir, FP, StateOptions::default()).unwrap();
         assert_eq!(version(&store), FORMAT_VERSION.to_be_bytes());
