@@ -7,7 +7,7 @@
 # journey's publication; for a complete/incomplete record, from the read of the part that
 # decided it to its publication. Release build.
 # Knobs (environment): RATE (50000 records/s) EVENTS (1000000 journey events: 20 s at the
-# default rate) CUSTOMERS (100000) INTERVAL (5ms; the topologies' own is 1s) KEEP (unset).
+# default rate) CUSTOMERS (100000) INTERVAL (3ms; the topologies' own is 1s) KEEP (unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -15,7 +15,7 @@ source scripts/setup.sh
 RATE="${RATE:-50000}"
 EVENTS="${EVENTS:-1000000}"
 CUSTOMERS="${CUSTOMERS:-100000}"
-INTERVAL="${INTERVAL:-5ms}"
+INTERVAL="${INTERVAL:-3ms}"
 
 cargo build --release --locked --quiet --bin braid
 BIN="${CARGO_TARGET_DIR:-target}/release/braid"

@@ -331,8 +331,8 @@ const CHANNEL_BATCHES: usize = 8;
 const CACHED_KEYS_PER_SHARD: usize = 1 << 20;
 /// Checkpoints begun and not yet committed, at most, before an interval's checkpoint
 /// waits: one being committed while the next is gathered. When commits are slower than
-/// the interval, checkpoints then grow instead of queueing up behind each other (with
-/// 3 ms checkpoints they queued, and a journey's p99 latency was 116 ms).
+/// the interval, checkpoints then grow instead of queueing up behind each other, so a
+/// live job can ask for checkpoints every few ms (scripts/latency.sh: 3 ms).
 const CHECKPOINTS_IN_FLIGHT: u64 = 2;
 
 /// Runs `plan` against `backend` (the embedded log or a Fluvio cluster) until the input
