@@ -2155,21 +2155,20 @@ mod tests {
         let written = bytes.len();
         bytes.pop();
         store.db.put_cf(outbox_cf, key, &bytes).unwrap();
-        let err = store.outbox().find_map(Result::err).unwrap();
+        let at_key = format!(
+            "state directory {}: corrupt entry in column family `outbox` at key \"i\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\"",
+            dir.display()
+        );
+        let error = || store.outbox().find_map(Result::err).unwrap().to_string();
         assert_eq!(
-            err.to_string(),
+            error(),
             format!(
-                "state directory {}: corrupt entry in column family `outbox` at key \"i\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\": {} bytes, its checkpoint wrote {written}",
-                dir.display(),
+                "{at_key}: {} bytes, its checkpoint wrote {written}",
                 written - 1
             )
         );
         store.db.delete_cf(outbox_cf, key).unwrap();
-        let err = store.outbox().find_map(Result::err).unwrap();
-        assert!(
-            err.to_string().ends_with(": inline journal missing"),
-            "{err}"
-        );
+        assert_eq!(error(), format!("{at_key}: inline journal missing"));
     }
 
     #[test]
