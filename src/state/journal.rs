@@ -105,7 +105,8 @@ pub fn write(dir: &Path, n: u64, entries: &[&OutboxEntry]) -> std::io::Result<Jo
 pub fn fits_inline(entries: &[&OutboxEntry], max: usize) -> bool {
     let mut bytes = 0usize;
     for e in entries {
-        // Length prefix, the varints (at most 5 + 10 bytes) and the option tag.
+        // The length prefix, the partition and seq varints (at most 5 + 10 bytes), the
+        // option tag, and at most 5 bytes for each length's varint.
         bytes += 4 + 16 + e.topic.len() + 5 + e.key.as_ref().map_or(0, |k| k.len() + 5);
         bytes += e.stored.len() + 5;
         if bytes > max {
