@@ -879,10 +879,7 @@ impl StateStore {
         // leftover file can be numbered beyond `recorded`.
         loaded.next = files.iter().map(|n| n + 1).fold(recorded, u64::max);
         if !self.read_only {
-            for n in files
-                .into_iter()
-                .filter(|n| loaded.live.get(n).is_none_or(|j| j.inline))
-            {
+            for n in files.into_iter().filter(|n| !loaded.live.contains_key(n)) {
                 std::fs::remove_file(journal::path(&self.dir, n)).map_err(io)?;
             }
         }
@@ -994,29 +991,28 @@ impl StateStore {
         let live = self.journals().live.clone();
         let mut out = Vec::new();
         for (n, journal) in &live {
-            if journal.inline {
+            let entries = if journal.inline {
                 let key = keys::inline_key(*n);
                 let bytes = self
                     .db
                     .get_pinned_cf(self.cf(CF_OUTBOX), key)
                     .map_err(|e| self.rocks("reading the outbox", e))?
                     .ok_or_else(|| self.corrupt(CF_OUTBOX, &key, "inline journal missing"))?;
-                let entries = journal::decode(&bytes, &journal.meta)
-                    .map_err(|reason| self.corrupt(CF_OUTBOX, &key, reason))?;
-                out.extend(entries.into_iter().filter(|e| !journal.is_acked(e)));
-                continue;
-            }
-            let entries = match journal::read(&self.dir, *n, &journal.meta) {
-                Ok(entries) => entries,
-                // Read-only beside a running job: published and removed since this store
-                // opened.
-                Err(_) if self.read_only && !journal::path(&self.dir, *n).exists() => continue,
-                Err(reason) => {
-                    return Err(StateError::CorruptJournal {
-                        dir: self.dir.clone(),
-                        file: journal::path(&self.dir, *n),
-                        reason,
-                    });
+                journal::decode(&bytes, &journal.meta)
+                    .map_err(|reason| self.corrupt(CF_OUTBOX, &key, reason))?
+            } else {
+                match journal::read(&self.dir, *n, &journal.meta) {
+                    Ok(entries) => entries,
+                    // Read-only beside a running job: published and removed since this store
+                    // opened.
+                    Err(_) if self.read_only && !journal::path(&self.dir, *n).exists() => continue,
+                    Err(reason) => {
+                        return Err(StateError::CorruptJournal {
+                            dir: self.dir.clone(),
+                            file: journal::path(&self.dir, *n),
+                            reason,
+                        });
+                    }
                 }
             };
             out.extend(entries.into_iter().filter(|e| !journal.is_acked(e)));
@@ -1070,15 +1066,6 @@ impl StateStore {
                 journals.live.remove(n);
             }
         }
-        if done.is_empty() {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            return self
-                .db
-                .write(batch)
-                .map_err(|e| self.rocks("acknowledging output", e));
-        }
         for &(n, inline) in &done {
             batch.delete_cf(outbox_cf, keys::journal_key(n));
             let (from, to) = keys::ack_range(n);
@@ -1087,7 +1074,11 @@ impl StateStore {
                 batch.delete_cf(outbox_cf, keys::inline_key(n));
             }
         }
-        // Only a file's removal must be fsynced first (journal module doc).
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Only a file's removal must be fsynced first (journal module doc); plain
+        // acknowledgements and inline journals' removals need not be.
         if done.iter().all(|&(_, inline)| inline) {
             return self
                 .db
@@ -1095,10 +1086,7 @@ impl StateStore {
                 .map_err(|e| self.rocks("acknowledging output", e));
         }
         self.write_synced(batch, "acknowledging output")?;
-        for (n, inline) in done {
-            if inline {
-                continue;
-            }
+        for (n, _) in done.into_iter().filter(|&(_, inline)| !inline) {
             match std::fs::remove_file(journal::path(&self.dir, n)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
