@@ -1684,8 +1684,9 @@ struct Identity {
 #[derive(Default)]
 struct Gathering {
     arrived: usize,
-    /// Per slot (shards, then the source), its output since the previous checkpoint.
-    records: BTreeMap<usize, Vec<OutRecord>>,
+    /// Per slot (shards, then the source), its output since the previous checkpoint, in
+    /// the batches it came in.
+    records: BTreeMap<usize, Vec<Vec<OutRecord>>>,
     writes: KeyWrites,
     positions: Vec<(String, u32, u64)>,
     watermarks: Option<WatermarkSnapshot>,
@@ -1920,13 +1921,15 @@ fn commit_loop(
     publisher: &SyncSender<Publication>,
 ) -> Result<CommitCounts, OutboxError> {
     let slots = shards + 1;
-    let mut pending: Vec<Vec<OutRecord>> = (0..slots).map(|_| Vec::new()).collect();
+    // Each slot's batches kept as they came: appending them to one vector copied a
+    // checkpoint's records (tens of thousands) again at each doubling, into fresh memory.
+    let mut pending: Vec<Vec<Vec<OutRecord>>> = (0..slots).map(|_| Vec::new()).collect();
     let mut gathering: BTreeMap<u64, Gathering> = BTreeMap::new();
     let mut counts = CommitCounts::default();
     for msg in rx {
         let epoch = match msg {
             ToCommitter::Records { from, records } => {
-                pending[from].extend(records);
+                pending[from].push(records);
                 continue;
             }
             ToCommitter::Barrier { from, epoch, part } => {
@@ -1973,7 +1976,7 @@ fn commit_loop(
         let mut born = Vec::new();
         let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
         for slot in std::iter::once(shards).chain(0..shards) {
-            for r in records.remove(&slot).unwrap_or_default() {
+            for r in records.remove(&slot).into_iter().flatten().flatten() {
                 match r.kind {
                     OutKind::Journey | OutKind::Record(_) => counts.journeys += 1,
                     OutKind::Late => counts.late += 1,

@@ -718,17 +718,21 @@ impl StateStore {
                 .sum::<usize>()
             + 4096;
         let mut batch = WriteBatch::with_capacity_bytes(estimate);
-        // Each CF's writes in key order: a memtable insert then starts its skip-list
-        // search from the previous insert's position instead of from the top (in a
-        // profile of the journey benchmark, that search fell from 11% of all CPU time
-        // to 3%). Every key occurs once per category, so the order changes nothing else.
+        // Each CF's writes in key order, upserts and deletes alike: a memtable insert
+        // then starts its skip-list search from the previous insert's position instead
+        // of from the top (in a profile of the journey benchmark, that search fell from
+        // 11% of all CPU time to 3%; the deletes, in shard order, still took 2.1%). Every
+        // key occurs once per category, so the order changes nothing else.
         let mut cp = cp;
         let (upserts, chunks) = (cp.upserts.len(), cp.chunks.len());
         let head_bytes = cp.upserts.iter().map(|(_, v)| v.len()).sum();
         let chunk_bytes = cp.chunks.iter().map(|(_, _, v)| v.len()).sum();
         cp.upserts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        cp.deletes.sort_unstable();
         cp.chunks
             .sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut chunk_deletes: Vec<&(String, u32)> = cp.chunk_deletes.iter().collect();
+        chunk_deletes.sort_unstable();
         let mut outbox: Vec<&OutboxEntry> = cp.outbox.iter().collect();
         outbox.sort_unstable_by(|a, b| {
             (&a.topic, a.partition, a.seq).cmp(&(&b.topic, b.partition, b.seq))
@@ -744,7 +748,7 @@ impl StateStore {
         for (key, id, value) in cp.chunks.drain(..) {
             batch.put_cf(chunks_cf, keys::chunk_key(&key, id), value);
         }
-        for (key, id) in cp.chunk_deletes {
+        for (key, id) in chunk_deletes {
             batch.delete_cf(chunks_cf, keys::chunk_key(key, *id));
         }
         let positions_cf = self.cf(CF_POSITIONS);
