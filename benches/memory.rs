@@ -97,7 +97,7 @@ fn measure(sessions: usize, events_per_session: usize) -> Figure {
                 offset: (j * sessions + s) as u64,
                 key,
                 time,
-                id: Some(id),
+                id: Some(id.into()),
                 payload: payload.into(),
             };
             op.on_event(event, BASE - 1, &mut out);

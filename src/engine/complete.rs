@@ -730,7 +730,7 @@ mod tests {
             offset,
             key: key.into(),
             time,
-            id: id.map(str::to_owned),
+            id: id.map(Into::into),
             payload: format!("{{\"o\":{offset}}}").into(),
         }
     }
@@ -1045,7 +1045,7 @@ mod tests {
             events.sort_by_key(|e| (e.time, e.source, e.partition, e.offset));
             let ids = events
                 .iter()
-                .filter_map(|e| e.id.clone().map(|i| (e.source, i)))
+                .filter_map(|e| e.id.as_deref().map(|i| (e.source, i.to_owned())))
                 .collect();
             k.emitted = Some((first, first + 100 + grace + 100, ids));
             self.out.push(Norm::Record {
@@ -1097,14 +1097,14 @@ mod tests {
             let held: Vec<(u16, String)> = match (&k.open, &k.emitted) {
                 (Some((_, events)), _) => events
                     .iter()
-                    .filter_map(|x| x.id.clone().map(|i| (x.source, i)))
+                    .filter_map(|x| x.id.as_deref().map(|i| (x.source, i.to_owned())))
                     .collect(),
                 (_, Some((_, _, ids))) => ids.clone(),
                 _ => Vec::new(),
             };
             let dup =
                 e.id.as_ref()
-                    .is_some_and(|id| held.contains(&(e.source, id.clone())));
+                    .is_some_and(|id| held.contains(&(e.source, id.to_string())));
             let late = |w: Option<i64>| Norm::Late {
                 key: e.key.clone(),
                 offset: e.offset,

@@ -731,7 +731,7 @@ mod tests {
             offset,
             key: key.into(),
             time,
-            id: Some(format!("e{offset}")),
+            id: Some(format!("e{offset}").into()),
             payload: "{}".into(),
         }
     }

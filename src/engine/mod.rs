@@ -38,7 +38,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use crate::decode::Event;
+use crate::decode::{Event, EventId};
 
 pub use cache::KeyLoader;
 pub use complete::{CompleteConfig, CompleteConfigError, CompleteOperator};
@@ -230,7 +230,7 @@ impl Output {
             partition,
             offset,
             key,
-            id: id.unwrap_or_default(),
+            id: id.map(|id| id.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -295,8 +295,7 @@ pub struct RecordEvent {
     pub offset: u64,
     /// Event time, epoch ms.
     pub time: i64,
-    /// Boxed rather than a `String`: 8 bytes less for every event an open window holds.
-    id: Option<Box<str>>,
+    id: Option<EventId>,
     /// The raw JSON object text of the record.
     pub payload: Box<str>,
     /// [`id_tag`] of the id (0 without one), in what would be padding: a scan for a
@@ -319,7 +318,14 @@ struct StoredEvent {
 
 impl From<StoredEvent> for RecordEvent {
     fn from(e: StoredEvent) -> RecordEvent {
-        RecordEvent::new(e.source, e.partition, e.offset, e.time, e.id, e.payload)
+        RecordEvent::new(
+            e.source,
+            e.partition,
+            e.offset,
+            e.time,
+            e.id.map(EventId::from),
+            e.payload,
+        )
     }
 }
 
@@ -335,7 +341,7 @@ impl RecordEvent {
         partition: u32,
         offset: u64,
         time: i64,
-        id: Option<Box<str>>,
+        id: Option<EventId>,
         payload: Box<str>,
     ) -> RecordEvent {
         RecordEvent {
@@ -371,7 +377,6 @@ impl RecordEvent {
             id,
             payload,
         } = event;
-        let id = id.map(String::into_boxed_str);
         (
             key,
             RecordEvent::new(source, partition, offset, time, id, payload),
@@ -607,7 +612,7 @@ pub struct LateArrival {
     pub partition: u32,
     pub offset: u64,
     pub key: String,
-    pub id: Option<String>,
+    pub id: Option<EventId>,
     /// Event time, epoch ms.
     pub time: i64,
     /// The job watermark when the event arrived (`i64::MAX` after end of input).
@@ -1083,6 +1088,18 @@ mod tests {
         assert_eq!(back, e);
         assert!(back.is(2, "e-1", id_tag("e-1")));
         assert!(!back.is(1, "e-1", id_tag("e-1")) && !back.is(2, "e-2", id_tag("e-2")));
+        // An id too long to be kept inline is stored and read back the same way.
+        let long = "order-2026-01-05-000000042-payment";
+        let e = RecordEvent::new(2, 7, 9, -5, Some(long.into()), "{}".into());
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            bytes,
+            postcard::to_allocvec(&(2u16, 7u32, 9u64, -5i64, Some(long), "{}")).unwrap()
+        );
+        let back: RecordEvent = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((back.id(), &back), (Some(long), &e));
+        // What an open event costs, before its payload's bytes (the id is inline).
+        assert_eq!(std::mem::size_of::<RecordEvent>(), 64);
     }
 
     #[test]

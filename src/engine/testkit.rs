@@ -193,7 +193,7 @@ pub fn arrivals(gens: &[Gen], bound: i64, with_late: bool) -> Vec<Event> {
                 offset,
                 key: format!("k{}", g.key),
                 time: g.time,
-                id: id.clone(),
+                id: id.as_deref().map(Into::into),
                 payload: "{}".into(),
             };
             let delay = delay_of(if c == 0 { g.delay } else { g.dup_delay });
