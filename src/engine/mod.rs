@@ -295,6 +295,7 @@ pub struct RecordEvent {
     pub offset: u64,
     /// Event time, epoch ms.
     pub time: i64,
+    /// Inline when short ([`EventId`]), so a scan of a session's ids stays in its events.
     id: Option<EventId>,
     /// The raw JSON object text of the record.
     pub payload: Box<str>,
