@@ -156,14 +156,17 @@ pub fn decode_position_key(key: &[u8]) -> Result<(String, u32), KeyError> {
 
 /// Key of journal `n`'s entry in the `outbox` CF.
 pub fn journal_key(n: u64) -> [u8; 9] {
-    let mut out = [b'j'; 9];
-    out[1..].copy_from_slice(&n.to_be_bytes());
-    out
+    tagged(b'j', n)
 }
 
 /// Key of inline journal `n`'s bytes in the `outbox` CF.
 pub fn inline_key(n: u64) -> [u8; 9] {
-    let mut out = [b'i'; 9];
+    tagged(b'i', n)
+}
+
+/// `tag ‖ u64be(n)`.
+fn tagged(tag: u8, n: u64) -> [u8; 9] {
+    let mut out = [tag; 9];
     out[1..].copy_from_slice(&n.to_be_bytes());
     out
 }
