@@ -8,7 +8,8 @@
 # machine's speed hits them alike; each figure is the median of its RUNS runs, and each
 # ratio the median of the rounds' own ratios. Peak RSS from GNU time; checkpoint writes =
 # bytes the checkpoints wrote: RocksDB batches and outbox journals (the last run's
-# summary). Release build.
+# summary), and where each braid configuration's last run spent its CPU, by stage (source,
+# shards, committer, publisher, other: the summary's `cpu`). Release build.
 # Knobs (environment): EVENTS (2000000) CUSTOMERS (200000) RUNS (3) SEED (1) KEEP (unset).
 #
 # `scripts/bench.sh --fluvio [ENDPOINT]` also runs the baseline and braid (default shards)
@@ -59,6 +60,21 @@ run_once() {
   awk -v r="$records" -v m="$millis" 'BEGIN { printf "%.0f\n", r * 1000 / (m > 0 ? m : 1) }' >>"$WORK/$name.rates"
   tail -n 1 "$WORK/time.out" >>"$WORK/$name.rss"
   field "$WORK/summary.json" checkpoint_bytes >"$WORK/$name.written"
+  cp "$WORK/summary.json" "$WORK/$name.summary"
+}
+# stages NAME: where the last run of NAME spent its CPU, by stage (a braid run's summary
+# `cpu`); only the shards' part divides among more shards, so this bounds the scaling.
+stages() {
+  python3 - "$1" "$WORK/$1.summary" <<'PY'
+import json, sys
+name, s = sys.argv[1], json.load(open(sys.argv[2]))
+c = s.get("cpu")
+if c:
+    total = sum(c.values())
+    parts = "  ".join(f"{k[:-3]} {v / 1000:.2f}" for k, v in c.items())
+    print(f"  {name} CPU s: {parts}  = {total / 1000:.2f} in {s['millis'] / 1000:.2f} wall "
+          f"({total / max(s['millis'], 1):.2f} cores; shards {100 * c['shards_ms'] / max(total, 1):.0f}%)")
+PY
 }
 # report NAME: NAME's line: median events/s and peak RSS, the last run's checkpoint writes.
 report() {
@@ -87,6 +103,7 @@ rounds() {
     done
   done
   for name in "$@"; do report "$name"; done
+  for name in "$@"; do stages "$name"; done
 }
 
 records="$(field "$WORK/gen.json" records)"

@@ -168,6 +168,53 @@ pub struct Summary {
     pub latency_ms: Option<LatencySummary>,
     /// The output topics written: journeys, late reports, dead letters.
     pub outputs: Vec<String>,
+    /// CPU time by stage.
+    pub cpu: StageCpu,
+}
+
+/// The CPU time a run used, by stage, in ms: where its work goes, and so how much more
+/// shards can speed it up (only `shards_ms` divides among them; docs/semantics.md,
+/// "Running a job"). Each stage's thread reads its own CPU clock when it ends;
+/// `other_ms` is the rest of the process's CPU time over the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StageCpu {
+    /// Reading, decoding and watermarks (the source thread).
+    pub source_ms: u64,
+    /// The operators, all shards together.
+    pub shards_ms: u64,
+    /// Gathering and committing checkpoints (the committer thread).
+    pub committer_ms: u64,
+    /// Appending committed output and acknowledging it (the publisher thread).
+    pub publisher_ms: u64,
+    /// Everything else: RocksDB's flushes and compactions, the sink's parallel appends,
+    /// opening the store and the outputs.
+    pub other_ms: u64,
+}
+
+/// CPU time of the calling thread so far, in ms (0 where the clock cannot be read).
+fn thread_cpu_ms() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
+
+/// CPU time of the whole process so far (user + system, every thread, ended ones too),
+/// in ms (0 where it cannot be read).
+fn process_cpu_ms() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
 /// Percentiles of [`Summary::latency_ms`], exact to the millisecond up to a minute.
@@ -373,6 +420,7 @@ pub fn run(
         })?;
     }
     let started = Instant::now();
+    let cpu_at_start = process_cpu_ms();
     let shards = plan.shards.max(1);
 
     let store = Arc::new(
@@ -513,6 +561,7 @@ pub fn run(
         shard_txs.push(tx);
         shard_handles.push(op.spawn(shard, rx));
     }
+    let source_cpu_at_start = thread_cpu_ms();
     let source = SourceStage {
         plan,
         backend,
@@ -534,13 +583,15 @@ pub fn run(
         telemetry: opts.telemetry.as_ref(),
     }
     .run(&store, resumed.then_some(&snapshot));
+    let source_cpu = thread_cpu_ms().saturating_sub(source_cpu_at_start);
     drop(shard_txs);
     drop(commit_tx);
     let mut shard_error = None;
+    let mut shards_cpu = 0;
     for h in shard_handles {
         match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => shard_error = Some(state_err(e)),
+            Ok((Ok(()), cpu)) => shards_cpu += cpu,
+            Ok((Err(e), _)) => shard_error = Some(state_err(e)),
             Err(_) => {
                 shard_error = Some(JobError::StageFailed {
                     job: job.clone(),
@@ -590,6 +641,17 @@ pub fn run(
             plan.output.late.clone(),
             plan.output.dead_letters.clone(),
         ],
+        cpu: StageCpu {
+            source_ms: source_cpu,
+            shards_ms: shards_cpu,
+            committer_ms: counts.committer_cpu_ms,
+            publisher_ms: counts.publisher_cpu_ms,
+            other_ms: process_cpu_ms()
+                .saturating_sub(cpu_at_start)
+                .saturating_sub(
+                    source_cpu + shards_cpu + counts.committer_cpu_ms + counts.publisher_cpu_ms,
+                ),
+        },
     })
 }
 
@@ -1424,17 +1486,19 @@ impl AnyOperator {
     }
 
     /// Runs the operator on its own thread as `shard`.
+    /// The shard's thread; it returns the shard's result and the CPU time it used.
     fn spawn(
         self,
         shard: Shard,
         rx: Receiver<Vec<ShardMsg>>,
-    ) -> std::thread::JoinHandle<Result<(), StateError>> {
+    ) -> std::thread::JoinHandle<(Result<(), StateError>, u64)> {
         let thread = std::thread::Builder::new().name(format!("braid-shard-{}", shard.index));
+        let timed = |result| (result, thread_cpu_ms());
         match self {
-            AnyOperator::Session(op) => thread.spawn(move || shard.run(op, rx)),
-            AnyOperator::Window(op) => thread.spawn(move || shard.run(op, rx)),
-            AnyOperator::Complete(op) => thread.spawn(move || shard.run(op, rx)),
-            AnyOperator::Interval(op) => thread.spawn(move || shard.run(op, rx)),
+            AnyOperator::Session(op) => thread.spawn(move || timed(shard.run(op, rx))),
+            AnyOperator::Window(op) => thread.spawn(move || timed(shard.run(op, rx))),
+            AnyOperator::Complete(op) => thread.spawn(move || timed(shard.run(op, rx))),
+            AnyOperator::Interval(op) => thread.spawn(move || timed(shard.run(op, rx))),
         }
         .expect("spawn shard thread")
     }
@@ -1671,6 +1735,9 @@ struct CommitCounts {
     /// Publication attempts repeated after a failure.
     sink_retries: u64,
     latency: Option<LatencySummary>,
+    /// CPU time of the committer and publisher threads.
+    committer_cpu_ms: u64,
+    publisher_cpu_ms: u64,
 }
 
 /// What every checkpoint of a run repeats about the run itself.
@@ -1836,10 +1903,12 @@ fn committer_stage(
             }))
         });
         // A publication error explains a commit loop that stopped sending.
-        let (sink_retries, latencies) = published?;
+        let (sink_retries, latencies, publisher_cpu_ms) = published?;
         counts.map(|c| CommitCounts {
             sink_retries,
             latency: latencies.summary(),
+            committer_cpu_ms: thread_cpu_ms(),
+            publisher_cpu_ms,
             ..c
         })
     })
@@ -1864,7 +1933,7 @@ fn publish_stage(
     publications: Receiver<Publication>,
     retry_for: Duration,
     telemetry: Option<&Telemetry>,
-) -> Result<(u64, LatencyTally), OutboxError> {
+) -> Result<(u64, LatencyTally, u64), OutboxError> {
     let mut retries = 0u64;
     let mut latencies = LatencyTally::default();
     for p in publications {
@@ -1905,7 +1974,7 @@ fn publish_stage(
             }
         }
     }
-    Ok((retries, latencies))
+    Ok((retries, latencies, thread_cpu_ms()))
 }
 
 /// Gathers and commits checkpoints, handing each one's output to the publisher.
@@ -2143,6 +2212,30 @@ mod tests {
         assert_eq!(
             (o.block_cache_bytes, o.write_buffer_bytes),
             (32 << 20, 1 << 30)
+        );
+    }
+
+    #[test]
+    fn the_cpu_clocks_count_this_threads_work_within_the_process() {
+        let (thread_start, process_start) = (thread_cpu_ms(), process_cpu_ms());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 1u64;
+        while thread_cpu_ms() < thread_start + 20 && Instant::now() < deadline {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        let thread = thread_cpu_ms() - thread_start;
+        let process = process_cpu_ms() - process_start;
+        assert!(
+            thread >= 20,
+            "this thread's clock moved {thread} ms in 10 s of work"
+        );
+        // getrusage counts in microseconds, the thread clock in nanoseconds: allow the
+        // truncation of both to whole milliseconds.
+        assert!(
+            process + 2 >= thread,
+            "the process counted {process} ms, this thread alone {thread} ms"
         );
     }
 
