@@ -1485,8 +1485,8 @@ impl AnyOperator {
         }
     }
 
-    /// Runs the operator on its own thread as `shard`.
-    /// The shard's thread; it returns the shard's result and the CPU time it used.
+    /// Runs the operator on its own thread as `shard`; the thread returns the shard's
+    /// result and the CPU time it used.
     fn spawn(
         self,
         shard: Shard,
