@@ -159,6 +159,21 @@ fn bounded_run_accounts_for_every_record() {
         assert_eq!(d["kind"], "dead_letter");
     }
     assert!(n(&summary["late"]) > 0, "the dataset has late events");
+    // The CPU split scripts/bench.sh prints: these five stages, in ms.
+    let cpu = summary["cpu"].as_object().unwrap();
+    let mut stages: Vec<&str> = cpu.keys().map(String::as_str).collect();
+    stages.sort_unstable();
+    assert_eq!(
+        stages,
+        [
+            "committer_ms",
+            "other_ms",
+            "publisher_ms",
+            "shards_ms",
+            "source_ms"
+        ]
+    );
+    assert!(cpu.values().all(Value::is_u64), "{cpu:?}");
 
     // The benchmarks' baseline reads and parses the same records.
     let scan_path = t.dir.path().join("scan.json");
