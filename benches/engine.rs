@@ -184,7 +184,8 @@ fn watermark(c: &mut Criterion) {
     group.finish();
 }
 
-/// LZ4 packing of stored values (journeys as the outbox stores them), and back.
+/// LZ4 packing of stored values (journeys as the outbox stores them), and back; and of
+/// single events.
 fn state(c: &mut Criterion) {
     let journeys = journeys(&decoded());
     let bytes: usize = journeys.iter().map(|(_, j)| j.len()).sum();
@@ -202,6 +203,20 @@ fn state(c: &mut Criterion) {
         b.iter(|| {
             for p in &packed {
                 black_box(unpack(p).unwrap());
+            }
+        })
+    });
+    group.finish();
+    // Values of one event each, as a one-event chunk or a late report stores it: most
+    // fall below `PACK_LITERAL_BELOW` and are stored as literals.
+    let events: Vec<Vec<u8>> = records().into_iter().map(|(_, v)| v).collect();
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("pack_events", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(pack(e));
             }
         })
     });

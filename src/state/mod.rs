@@ -143,13 +143,24 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     postcard::to_stdvec(value).map_err(|source| StateError::Encode { what, source })
 }
 
-/// Compresses a value for the store (LZ4 block, uncompressed size prepended).
+/// Values shorter than this are packed as an LZ4 block of literals only, uncompressed.
+/// Searching one for matches costs more than it saves: LZ4 clears an 8 KiB match table
+/// for every value, and finds little to match in one event (225 bytes of JSON: 1.10x) or
+/// a head (a key and a few numbers). Most values of this size are heads, rewritten at
+/// every checkpoint that touches their key.
+pub const PACK_LITERAL_BELOW: usize = 384;
+
+/// Compresses a value for the store (LZ4 block, uncompressed size prepended; below
+/// [`PACK_LITERAL_BELOW`] bytes, a block of literals, which every LZ4 decoder reads).
 ///
 /// Compressed into a per-thread buffer of the worst-case size, then copied out at its
 /// real size: compressing straight into a worst-case `Vec` left every packed value
 /// holding the capacity of its uncompressed size (59 MB of the journey benchmark's 554 MB
 /// peak heap).
 pub fn pack(raw: &[u8]) -> Vec<u8> {
+    if raw.len() < PACK_LITERAL_BELOW {
+        return pack_literals(raw);
+    }
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -170,6 +181,28 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
             Err(_) => lz4_flex::block::compress_prepend_size(raw),
         }
     })
+}
+
+/// `raw` as one LZ4 sequence of literals and no match (the form of a block's last
+/// sequence), its size prepended: the token's high nibble holds the length up to 14; 15
+/// says more bytes follow, each adding its value, until one below 255.
+fn pack_literals(raw: &[u8]) -> Vec<u8> {
+    let n = raw.len();
+    let mut packed = Vec::with_capacity(4 + 1 + (n / 255 + 1) + n);
+    packed.extend_from_slice(&(n as u32).to_le_bytes());
+    if n < 15 {
+        packed.push((n as u8) << 4);
+    } else {
+        packed.push(0xF0);
+        let mut rest = n - 15;
+        while rest >= 255 {
+            packed.push(255);
+            rest -= 255;
+        }
+        packed.push(rest as u8);
+    }
+    packed.extend_from_slice(raw);
+    packed
 }
 
 /// The most bytes an LZ4 block of `compressed` bytes can hold: one byte expands to at
@@ -1326,11 +1359,44 @@ mod tests {
         ids: Vec<u64>,
     }
 
+    /// Every length below the threshold, of bytes LZ4 would compress well, is stored
+    /// uncompressed and read back by both decoders; at the threshold LZ4 compresses.
+    #[test]
+    fn values_below_the_threshold_are_stored_as_literals_every_lz4_decoder_reads() {
+        for n in 0..=PACK_LITERAL_BELOW {
+            let raw = vec![b'a'; n];
+            let packed = pack(&raw);
+            if n < PACK_LITERAL_BELOW {
+                assert!(
+                    packed.len() >= 4 + 1 + n,
+                    "{n} bytes packed into {}",
+                    packed.len()
+                );
+            } else {
+                assert!(
+                    packed.len() < 4 + n / 10,
+                    "{n} bytes packed into {}",
+                    packed.len()
+                );
+            }
+            assert_eq!(unpack(&packed).unwrap(), raw, "{n} bytes");
+            assert_eq!(
+                lz4_flex::block::decompress_size_prepended(&packed).unwrap(),
+                raw
+            );
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn pack_is_lz4_with_the_size_prepended_and_unpacks(raw in proptest::collection::vec(0u8..4, 0..5000)) {
             let packed = pack(&raw);
-            proptest::prop_assert_eq!(&packed, &lz4_flex::block::compress_prepend_size(&raw));
+            if raw.len() >= PACK_LITERAL_BELOW {
+                proptest::prop_assert_eq!(&packed, &lz4_flex::block::compress_prepend_size(&raw));
+            } else {
+                proptest::prop_assert_eq!(packed.len(), 4 + 1 + (raw.len() + 240) / 255 + raw.len());
+            }
+            proptest::prop_assert_eq!(&lz4_flex::block::decompress_size_prepended(&packed).unwrap(), &raw);
             proptest::prop_assert_eq!(unpack(&packed).unwrap(), raw);
         }
 
