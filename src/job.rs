@@ -166,6 +166,8 @@ pub struct Summary {
     /// the slice whose watermark closed it) to the record's publication; none when the
     /// run published no correlation record.
     pub latency_ms: Option<LatencySummary>,
+    /// `latency_ms` in its three consecutive parts.
+    pub latency_parts_ms: LatencyParts,
     /// The output topics written: journeys, late reports, dead letters.
     pub outputs: Vec<String>,
     /// CPU time by stage.
@@ -224,6 +226,23 @@ pub struct LatencySummary {
     pub p50: u64,
     pub p99: u64,
     pub max: u64,
+}
+
+/// Where [`Summary::latency_ms`] goes, in three consecutive parts (for each record they
+/// add up to its latency, give or take their rounding to whole ms); each part's own
+/// percentiles, so the parts' p99s need not add up to the whole's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyParts {
+    /// From the read to the moment the committer holds the record's whole checkpoint:
+    /// the shard's work, the wait for the next checkpoint, its barrier's way through
+    /// every shard, and a wait while two earlier checkpoints are uncommitted.
+    pub checkpoint: Option<LatencySummary>,
+    /// Committing that checkpoint: the write batch with its WAL synced, and the outbox
+    /// journal file when there is one.
+    pub commit: Option<LatencySummary>,
+    /// From the commit to the acknowledged append of the record, the wait for the
+    /// previous checkpoint's publication included.
+    pub publish: Option<LatencySummary>,
 }
 
 /// A count per millisecond of latency up to [`LatencyTally::EXACT_MS`], beyond it only
@@ -636,6 +655,7 @@ pub fn run(
         sink_retries: counts.sink_retries,
         source_retries: source.retries,
         latency_ms: counts.latency,
+        latency_parts_ms: counts.latency_parts,
         outputs: vec![
             plan.output.journeys.clone(),
             plan.output.late.clone(),
@@ -1735,6 +1755,7 @@ struct CommitCounts {
     /// Publication attempts repeated after a failure.
     sink_retries: u64,
     latency: Option<LatencySummary>,
+    latency_parts: LatencyParts,
     /// CPU time of the committer and publisher threads.
     committer_cpu_ms: u64,
     publisher_cpu_ms: u64,
@@ -1903,12 +1924,17 @@ fn committer_stage(
             }))
         });
         // A publication error explains a commit loop that stopped sending.
-        let (sink_retries, latencies, publisher_cpu_ms) = published?;
+        let p = published?;
         counts.map(|c| CommitCounts {
-            sink_retries,
-            latency: latencies.summary(),
+            sink_retries: p.retries,
+            latency: p.latency.summary(),
+            latency_parts: LatencyParts {
+                checkpoint: p.parts[0].summary(),
+                commit: p.parts[1].summary(),
+                publish: p.parts[2].summary(),
+            },
             committer_cpu_ms: thread_cpu_ms(),
-            publisher_cpu_ms,
+            publisher_cpu_ms: p.cpu_ms,
             ..c
         })
     })
@@ -1922,20 +1948,35 @@ struct Publication {
     born: Vec<(i64, bool)>,
     /// Records per kind (for the output metric).
     kinds: BTreeMap<&'static str, u64>,
+    /// When the committer held the whole checkpoint, and when it had committed it
+    /// (wall clock, ms; for [`LatencyParts`]).
+    gathered_ms: i64,
+    committed_ms: i64,
+}
+
+/// What the publisher reports when it ends.
+struct PublishCounts {
+    /// Publication attempts repeated after a failure.
+    retries: u64,
+    /// The correlation records' latencies, whole and by part ([`LatencyParts`] order).
+    latency: LatencyTally,
+    parts: [LatencyTally; 3],
+    /// The publisher thread's CPU time.
+    cpu_ms: u64,
 }
 
 /// Appends committed output, syncs it, acknowledges it (retrying failures for
-/// `retry_for`); reports into the metrics. Returns the number of retries and the
-/// correlation records' latencies.
+/// `retry_for`); reports into the metrics.
 fn publish_stage(
     store: &StateStore,
     mut outbox: Outbox,
     publications: Receiver<Publication>,
     retry_for: Duration,
     telemetry: Option<&Telemetry>,
-) -> Result<(u64, LatencyTally, u64), OutboxError> {
+) -> Result<PublishCounts, OutboxError> {
     let mut retries = 0u64;
     let mut latencies = LatencyTally::default();
+    let mut parts: [LatencyTally; 3] = Default::default();
     for p in publications {
         let published = outbox.publish_retrying(store, &p.entries, retry_for, |error, delay| {
             retries += 1;
@@ -1956,9 +1997,13 @@ fn publish_stage(
             return Err(e);
         }
         let now = wall_clock_ms();
+        let ms = |from: i64, to: i64| to.saturating_sub(from).max(0) as u64;
         for &(b, correlation) in &p.born {
             if correlation {
-                latencies.record(now.saturating_sub(b).max(0) as u64);
+                latencies.record(ms(b, now));
+                parts[0].record(ms(b, p.gathered_ms));
+                parts[1].record(ms(p.gathered_ms, p.committed_ms));
+                parts[2].record(ms(p.committed_ms, now));
             }
         }
         if let Some(t) = telemetry {
@@ -1967,14 +2012,19 @@ fn publish_stage(
             // sees its latencies and the outbox depth too.
             m.outbox_depth.sub(p.entries.len() as i64);
             for (b, _) in p.born {
-                m.latency_ms.observe(now.saturating_sub(b).max(0) as f64);
+                m.latency_ms.observe(ms(b, now) as f64);
             }
             for (kind, n) in &p.kinds {
                 m.output_records.with_label_values(&[kind]).inc_by(*n);
             }
         }
     }
-    Ok((retries, latencies, thread_cpu_ms()))
+    Ok(PublishCounts {
+        retries,
+        latency: latencies,
+        parts,
+        cpu_ms: thread_cpu_ms(),
+    })
 }
 
 /// Gathers and commits checkpoints, handing each one's output to the publisher.
@@ -2036,6 +2086,7 @@ fn commit_loop(
                 epoch
             }
         };
+        let gathered_ms = wall_clock_ms();
         let g = gathering.remove(&epoch).expect("gathered above");
         counts.open_windows_peak = counts.open_windows_peak.max(g.open_windows);
         counts.state_keys_peak = counts.state_keys_peak.max(g.keys);
@@ -2131,6 +2182,8 @@ fn commit_loop(
             entries,
             born,
             kinds,
+            gathered_ms,
+            committed_ms: wall_clock_ms(),
         };
         if publisher.send(publication).is_err() {
             // The publisher stopped on an error; joining it reports that.

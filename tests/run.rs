@@ -174,6 +174,15 @@ fn bounded_run_accounts_for_every_record() {
         ]
     );
     assert!(cpu.values().all(Value::is_u64), "{cpu:?}");
+    // The latency's three parts cover every journey; per journey they add up to its
+    // latency, so no part's maximum exceeds the whole's and together they reach it.
+    let whole = &summary["latency_ms"];
+    let parts = ["checkpoint", "commit", "publish"].map(|p| &summary["latency_parts_ms"][p]);
+    for part in parts {
+        assert_eq!(n(&part["records"]), n(&summary["journeys"]), "{part}");
+        assert!(n(&part["max"]) <= n(&whole["max"]), "{part} within {whole}");
+    }
+    assert!(parts.iter().map(|p| n(&p["max"])).sum::<u64>() >= n(&whole["max"]));
 
     // The benchmarks' baseline reads and parses the same records.
     let scan_path = t.dir.path().join("scan.json");
