@@ -229,8 +229,8 @@ pub struct LatencySummary {
 }
 
 /// Where [`Summary::latency_ms`] goes, in three consecutive parts (for each record they
-/// add up to its latency, give or take their rounding to whole ms); each part's own
-/// percentiles, so the parts' p99s need not add up to the whole's.
+/// add up to its latency: all four are read from the same clock in whole ms); each
+/// part's own percentiles, so the parts' p99s need not add up to the whole's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LatencyParts {
     /// From the read to the moment the committer holds the record's whole checkpoint:

@@ -144,10 +144,10 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
 }
 
 /// Values shorter than this are packed as an LZ4 block of literals only, uncompressed.
-/// Searching one for matches costs more than it saves: LZ4 clears an 8 KiB match table
-/// for every value, and finds little to match in one event (225 bytes of JSON: 1.10x) or
-/// a head (a key and a few numbers). Most values of this size are heads, rewritten at
-/// every checkpoint that touches their key.
+/// Searching one for matches costs more than it saves: lz4_flex allocates and clears an
+/// 8 KiB match table for every value, and finds little to match in one event (225 bytes
+/// of JSON: 1.10x) or a head (a key and a few numbers). Heads, rewritten at every
+/// checkpoint that touches their key, are values of this size.
 pub const PACK_LITERAL_BELOW: usize = 384;
 
 /// Compresses a value for the store (LZ4 block, uncompressed size prepended; below
