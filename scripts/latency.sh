@@ -53,9 +53,8 @@ s = json.load(open(path))
 l = s.get("latency_ms") or {}
 print(f"{name:<12} {s['records_in']:>9} records in at {s['records_in'] * 1000 / max(s['millis'], 1):>7.0f}/s   "
       f"latency over {l.get('records', 0)} records: p50 {l.get('p50')} ms  p99 {l.get('p99')} ms  max {l.get('max')} ms")
-parts = s.get("latency_parts_ms") or {}
-print(" " * 14 + "   ".join(f"{p} p50 {(parts.get(p) or {}).get('p50')} p99 {(parts.get(p) or {}).get('p99')} max {(parts.get(p) or {}).get('max')}"
-                            for p in ("checkpoint", "commit", "publish")))
+parts = {p: (s.get("latency_parts_ms") or {}).get(p) or {} for p in ("checkpoint", "commit", "publish")}
+print(" " * 14 + "   ".join(f"{p} p50 {q.get('p50')} p99 {q.get('p99')} max {q.get('max')}" for p, q in parts.items()))
 EOF
 }
 

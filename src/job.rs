@@ -2145,6 +2145,7 @@ fn commit_loop(
         let commit_started = Instant::now();
         let written = store.commit(checkpoint).map_err(OutboxError::Commit)?;
         let commit_seconds = commit_started.elapsed().as_secs_f64();
+        let committed_ms = wall_clock_ms();
         committed.store(epoch, Ordering::Release);
         counts.checkpoints += 1;
         counts.checkpoint_bytes += written.bytes as u64;
@@ -2183,7 +2184,7 @@ fn commit_loop(
             born,
             kinds,
             gathered_ms,
-            committed_ms: wall_clock_ms(),
+            committed_ms,
         };
         if publisher.send(publication).is_err() {
             // The publisher stopped on an error; joining it reports that.
