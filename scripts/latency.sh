@@ -8,7 +8,8 @@
 # decided it to its publication; and, below, the same in three parts (`latency_parts_ms`):
 # until the committer holds the record's checkpoint, its commit, its publication. Release build.
 # Knobs (environment): RATE (50000 records/s) EVENTS (1000000 journey events: 20 s at the
-# default rate) CUSTOMERS (100000) INTERVAL (3ms; the topologies' own is 1s) KEEP (unset).
+# default rate) CUSTOMERS (100000) INTERVAL (3ms; the topologies' own is 1s) KEEP (unset)
+# ONLY_JOURNEYS (unset: set, the fulfilment run is skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -60,4 +61,4 @@ EOF
 
 echo "latency: $EVENTS journey events at $RATE records/s, checkpoints every $INTERVAL" >&2
 latency journeys topologies/customer_journey.toml --no-fulfilment
-latency fulfilment topologies/order_fulfillment.toml
+[ -n "${ONLY_JOURNEYS:-}" ] || latency fulfilment topologies/order_fulfillment.toml

@@ -195,11 +195,15 @@ impl Backend {
     ) -> Result<PartitionInput, SourceError> {
         Ok(match self {
             Backend::Embedded(log) => {
-                if let Some(Wakeup::Tail(w)) = wakeup {
-                    w.watch(&log.partition_dir(topic, partition))?;
-                }
+                let signal = match wakeup {
+                    Some(Wakeup::Tail(w)) => Some(w.watch(&log.partition_dir(topic, partition))?),
+                    _ => None,
+                };
                 let mut reader = log.reader(topic, partition, from)?;
                 reader.limit_values(value_limit);
+                if let Some(signal) = signal {
+                    reader.follow(signal);
+                }
                 PartitionInput::Embedded(reader)
             }
             Backend::Fluvio(c) => {

@@ -307,8 +307,9 @@ fn a_follower_wakes_on_appends_from_another_process() {
     let t = TempLog::new();
     t.log.create_topic("live", 1).unwrap();
     let mut watcher = braid::log::TailWatcher::new().unwrap();
-    watcher.watch(&t.log.partition_dir("live", 0)).unwrap();
+    let signal = watcher.watch(&t.log.partition_dir("live", 0)).unwrap();
     let mut reader = t.log.reader("live", 0, 0).unwrap();
+    reader.follow(signal.clone());
     assert!(reader.read_batch(10).unwrap().is_empty());
 
     let lines: String = (0..50).map(|i| format!("{{\"n\":{i}}}\n")).collect();
@@ -336,6 +337,8 @@ fn a_follower_wakes_on_appends_from_another_process() {
         .map(|i| format!("{{\"n\":{i}}}").into_bytes())
         .collect();
     assert_eq!(seen, expected);
+    // The other process's appends moved the partition's signal, which the reader follows.
+    assert!(signal.generation() > 0);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use partition::{FsyncPolicy, PartitionInfo, PartitionReader, PartitionWriter, WriterOptions};
 pub use record::Record;
-pub use tail::TailWatcher;
+pub use tail::{TailSignal, TailWatcher};
 
 use partition::PartitionRef;
 

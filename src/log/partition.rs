@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::LogError;
 use super::record::{self, Record};
 use super::segment::{self, IndexEntry, Next, SegmentCursor};
+use super::tail::TailSignal;
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -610,7 +611,16 @@ pub struct PartitionReader {
     /// The partition directory's modification time when `bases` was listed, if old
     /// enough to tell a later change by (see [`Self::list_segments`]).
     listed_at: Option<SystemTime>,
+    /// What tells a follower that the partition changed ([`Self::follow`]).
+    tail: Option<TailSignal>,
+    /// The signal's generation when a read last found the end, and when.
+    quiet: Option<(u64, Instant)>,
 }
+
+/// How long a follower trusts its [`TailSignal`] to report every change before it looks at
+/// the partition anyway: a file system that does not report another process's writes (a
+/// network one) then delays records by up to this, no more than the job's own wait would.
+const QUIET_RECHECK: Duration = Duration::from_millis(100);
 
 /// How old a directory's modification time must be before an unchanged one is taken to
 /// mean an unchanged directory. File system timestamps are coarse (a clock tick on Linux,
@@ -629,6 +639,8 @@ impl PartitionReader {
             next_offset: offset,
             value_limit: usize::MAX,
             listed_at: None,
+            tail: None,
+            quiet: None,
         };
         reader.seek(offset)?;
         Ok(reader)
@@ -643,6 +655,16 @@ impl PartitionReader {
         self.value_limit = limit;
     }
 
+    /// Makes this reader a follower of a live partition: once a read has found the end,
+    /// reads return nothing without touching the file system until `signal` reports a
+    /// change (or [`QUIET_RECHECK`] passes). A job's source polls every partition several
+    /// times per slice; at a live log's tail each of those polls read the segment and
+    /// listed the directory, which was half of the source thread's time.
+    pub fn follow(&mut self, signal: TailSignal) {
+        self.tail = Some(signal);
+        self.quiet = None;
+    }
+
     /// Offset of the next record this reader returns.
     pub fn position(&self) -> u64 {
         self.next_offset
@@ -654,6 +676,7 @@ impl PartitionReader {
         self.list_segments()?;
         self.next_offset = offset;
         self.cursor = None;
+        self.quiet = None;
         self.seg = 0;
         if self.bases.is_empty() {
             return Ok(());
@@ -715,9 +738,19 @@ impl PartitionReader {
         stopped_at: &mut Option<i64>,
         mut f: impl FnMut(&record::FrameView, &[u8]),
     ) -> Result<usize, LogError> {
+        if let (Some(tail), Some((generation, since))) = (&self.tail, self.quiet)
+            && tail.generation() == generation
+            && since.elapsed() < QUIET_RECHECK
+        {
+            return Ok(0);
+        }
+        // Read before looking: a change made while looking moves it past this.
+        let generation = self.tail.as_ref().map(TailSignal::generation);
+        let mut at_end = false;
         let mut n = 0;
         while n < max_records {
             if self.cursor.is_none() && !self.reopen()? {
+                at_end = true;
                 break;
             }
             let cursor = self.cursor.as_mut().expect("reopened above");
@@ -742,6 +775,7 @@ impl PartitionReader {
                 }
                 Next::End => {
                     if !self.advance_segment()? {
+                        at_end = true;
                         break;
                     }
                 }
@@ -749,6 +783,7 @@ impl PartitionReader {
                     // The tail of the active segment may be mid-write in another process; only
                     // a sealed segment is really corrupt.
                     if self.is_last_segment()? {
+                        at_end = true;
                         break;
                     }
                     return Err(LogError::Corrupt {
@@ -761,6 +796,7 @@ impl PartitionReader {
                 }
             }
         }
+        self.quiet = generation.filter(|_| at_end).map(|g| (g, Instant::now()));
         Ok(n)
     }
 
@@ -832,5 +868,56 @@ impl PartitionReader {
         let path = segment::log_path(&self.part.dir, self.bases[self.seg]);
         self.cursor = Some(SegmentCursor::open(&path, 0).map_err(self.part.io(&path))?);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Log, WriterOptions};
+    use super::*;
+
+    fn values(records: Vec<Record>) -> Vec<String> {
+        records
+            .into_iter()
+            .map(|r| String::from_utf8(r.value).unwrap())
+            .collect()
+    }
+
+    /// A follower that found the end does not look again until its signal moves or the
+    /// recheck time passes: an append it was not told of stays unread until then.
+    #[test]
+    fn a_follower_at_the_end_looks_again_only_when_its_signal_moves() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let log = Log::open(tmp.path()).unwrap();
+        log.create_topic("views", 1).unwrap();
+        let mut w = log.writer("views", 0, WriterOptions::default()).unwrap();
+        let signal = TailSignal::default();
+        let mut r = log.reader("views", 0, 0).unwrap();
+        r.follow(signal.clone());
+        w.append([(None, &b"1"[..])]).unwrap();
+        assert_eq!(values(r.read_batch(10).unwrap()), ["1"]);
+
+        w.append([(None, &b"2"[..])]).unwrap();
+        assert_eq!(values(r.read_batch(10).unwrap()), Vec::<String>::new());
+        assert_eq!(r.peek_timestamp().unwrap(), None);
+        // A reader that does not follow looks every time.
+        let mut plain = log.reader("views", 0, 1).unwrap();
+        assert_eq!(values(plain.read_batch(10).unwrap()), ["2"]);
+
+        signal.bump();
+        assert!(r.peek_timestamp().unwrap().is_some());
+        assert_eq!(values(r.read_batch(10).unwrap()), ["2"]);
+
+        w.append([(None, &b"3"[..])]).unwrap();
+        assert_eq!(values(r.read_batch(10).unwrap()), Vec::<String>::new());
+        let (generation, since) = r.quiet.expect("quiet at the end");
+        r.quiet = Some((generation, since.checked_sub(QUIET_RECHECK).unwrap()));
+        assert_eq!(values(r.read_batch(10).unwrap()), ["3"]);
+
+        // Seeking looks again, whatever the signal says.
+        w.append([(None, &b"4"[..])]).unwrap();
+        assert_eq!(values(r.read_batch(10).unwrap()), Vec::<String>::new());
+        r.seek(2).unwrap();
+        assert_eq!(values(r.read_batch(10).unwrap()), ["3", "4"]);
     }
 }
