@@ -1,6 +1,7 @@
 //! Hot paths of a journey job, on records from the synthetic workload: decoding a source
 //! record, the watermark update, the session operator's on_event / on_watermark, the
-//! state's packing of stored values, and the outbox placing and publishing output.
+//! state's packing of stored values, the key cache's lookup, and the outbox placing and
+//! publishing output.
 //! Throughput in events (or records).
 
 use std::hint::black_box;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use braid::datagen::{GenConfig, JOURNEY_TOPICS, RecordClass};
 use braid::decode::{DecoderConfig, Event};
+use braid::engine::cache::{CacheState, KeyCache, Lookup};
 use braid::engine::{Checkpointed, Operator, Output, SessionConfig, SessionOperator};
 use braid::log::Log;
 use braid::outbox::{OutKind, OutRecord, Outbox, SequenceCounters};
@@ -295,5 +297,45 @@ fn outbox(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, watermark, session, state, outbox);
+/// A cached key's state in the lookup benchmark.
+struct Visits(u64);
+
+impl CacheState for Visits {
+    fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Finding a cached key among 200,000 (the default dataset's customers, named as the
+/// generator names them), in an order unrelated to insertion: what each event pays before
+/// its operator sees its key's state.
+fn cache(c: &mut Criterion) {
+    const KEYS: usize = 200_000;
+    let keys: Vec<std::sync::Arc<str>> = (0..KEYS).map(|i| format!("c-{i:06}").into()).collect();
+    let mut cache = KeyCache::new();
+    for key in &keys {
+        cache.insert(key.clone(), Visits(1));
+    }
+    cache.drain(1, |_, _| {});
+    // 7,919 is prime and divides neither 2 nor 5, so this visits every key once.
+    let lookups: Vec<String> = (0..KEYS)
+        .map(|i| keys[(i * 7_919 + 13) % KEYS].to_string())
+        .collect();
+    let mut group = c.benchmark_group("key_cache");
+    group.throughput(Throughput::Elements(KEYS as u64));
+    group.bench_function("get_mut_among_200k_keys", |b| {
+        b.iter(|| {
+            let mut visits = 0;
+            for key in &lookups {
+                if let Lookup::Found(entry) = cache.get_mut(key) {
+                    visits += entry.state().0;
+                }
+            }
+            black_box(visits)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, watermark, session, state, cache, outbox);
 criterion_main!(benches);
