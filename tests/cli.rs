@@ -446,3 +446,42 @@ fn every_shipped_topology_validates_through_the_cli() {
     }
     assert!(n >= 4, "one topology per correlation kind family: {n}");
 }
+
+/// The binary turns transparent huge pages off for itself (src/main.rs says why); the
+/// kernel reports the setting in the process's status (Linux 5.0 and later).
+#[test]
+fn the_binary_runs_without_transparent_huge_pages() {
+    use std::io::BufRead;
+    use std::process::{Child, Stdio};
+
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let t = TempLog::new();
+    ok(cmd(&t, &["topic", "create", "t"]).output().unwrap());
+    ok(run_with_stdin(cmd(&t, &["produce", "t"]), b"{\"n\":1}\n"));
+    let mut child = Killed(
+        cmd(&t, &["consume", "t", "--follow"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The record on its stdout shows the process is well past the start of `main`.
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the record within 30 s");
+    assert_eq!(line, "{\"n\":1}\n");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+    assert!(status.contains("\nTHP_enabled:\t0\n"), "{status}");
+}
