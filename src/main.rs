@@ -11,39 +11,31 @@ fn main() -> std::process::ExitCode {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-unsafe extern "C" {
-    /// mimalloc's option setter (the `mimalloc` crate links the library; its binding sits
-    /// behind a feature this binary does not need otherwise).
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_t`.
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Keeps freed memory for reuse instead of handing it back to the kernel at once, for
-/// both allocators in the process. Output flows through the threads of a job (a journey
-/// is rendered on a shard, freed by the publisher), so freed memory is soon needed again:
-/// returning it made the kernel zero the same amount again (journey benchmark, paired
-/// runs: 7–12% less wall time with both settings, 5–13% more peak RSS).
-/// - mimalloc (Rust's allocations): purge freed pages after 10 s unused, not 1 s.
+/// Sets how the process's memory is kept and reused.
+/// - No transparent huge pages (mimalloc asks for them on its arenas): the first touch of
+///   a huge page zeroes and maps all 2 MiB of it, however little is used. On the journey
+///   benchmark, zeroing huge pages was 12% of the CPU samples, and 3 s into a run 372 of
+///   the process's 456 MiB were huge pages. Without them, in 23 paired runs: peak RSS
+///   median 518 MiB instead of 583 (−11%), wall time ratio median 1.03 (0.88–1.18); the
+///   kernel's time went down (1.0–1.2 s instead of 1.8–2.0 in 4 of 5 pairs timed for it),
+///   the user time up (7.6–8.6 s instead of 7.5–7.8: more TLB misses).
+/// - mimalloc (Rust's allocations) keeps its default: freed pages go back to the kernel
+///   after 1 s unused. Keeping them 10 s instead, measured with huge pages and together
+///   with the glibc settings below, had saved 7–12% of the wall time; without huge pages
+///   it saves nothing (16 paired runs: wall time ratio median 1.007, 0.90–1.12) and holds
+///   20 MiB more at the peak (median 524 against 504 MiB).
+///
+/// Both, against neither (8 paired runs): peak RSS median 509 MiB against 586, wall time
+/// ratio median 0.998.
 /// - glibc (RocksDB's C++ allocations): a checkpoint's write batch is tens of MB, beyond
 ///   the largest size glibc would otherwise serve from its heap rather than a fresh
-///   mapping; serving it from the heap, and not trimming the heap, reuses its pages.
-///
-/// And no transparent huge pages for this process (mimalloc asks for them on its arenas):
-/// the first touch of a huge page zeroes and maps all 2 MiB of it, however little is used.
-/// On the journey benchmark, zeroing huge pages was 12% of the CPU samples, and 3 s into
-/// a run 372 of the process's 456 MiB were huge pages. Without them, in 23 paired runs:
-/// peak RSS median 518 MiB instead of 583 (−11%), wall time ratio median 1.03 (0.88–1.18);
-/// the kernel's time went down (1.0–1.2 s instead of 1.8–2.0 in 4 of 5 pairs timed for
-/// it), the user time up (7.6–8.6 s instead of 7.5–7.8: more TLB misses). A few percent
-/// of speed, within the machine's noise, for a ninth of the memory.
+///   mapping; serving it from the heap, and not trimming the heap, reuses its pages
+///   instead of having the kernel zero new ones.
 fn tune_allocators() {
     // SAFETY: these calls only set allocator and memory options, before any other thread
     // exists; mallopt and prctl reject values they do not support (their result is then
     // irrelevant: the options only save time and memory).
     unsafe {
-        mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         #[cfg(target_os = "linux")]
