@@ -24,13 +24,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   with the glibc settings below, had saved 7–12% of the wall time; without huge pages
 ///   it saves nothing (16 paired runs: wall time ratio median 1.007, 0.90–1.12) and holds
 ///   20 MiB more at the peak (median 524 against 504 MiB).
-///
-/// Both, against neither (8 paired runs): peak RSS median 509 MiB against 586, wall time
-/// ratio median 0.998.
 /// - glibc (RocksDB's C++ allocations): a checkpoint's write batch is tens of MB, beyond
 ///   the largest size glibc would otherwise serve from its heap rather than a fresh
 ///   mapping; serving it from the heap, and not trimming the heap, reuses its pages
 ///   instead of having the kernel zero new ones.
+///
+/// The first two together, against huge pages and a 10 s purge delay (8 paired runs):
+/// peak RSS median 509 MiB against 586, wall time ratio median 0.998.
 fn tune_allocators() {
     // SAFETY: these calls only set allocator and memory options, before any other thread
     // exists; mallopt and prctl reject values they do not support (their result is then
