@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TempLog, ok, run_with_stdin, stderr, stdout};
+use common::{Running, TempLog, lines_of, ok, run_with_stdin, stderr, stdout};
 
 fn cmd(t: &TempLog, args: &[&str]) -> std::process::Command {
     let mut c = t.braid();
@@ -451,37 +451,20 @@ fn every_shipped_topology_validates_through_the_cli() {
 /// kernel reports the setting in the process's status (Linux 5.0 and later).
 #[test]
 fn the_binary_runs_without_transparent_huge_pages() {
-    use std::io::BufRead;
-    use std::process::{Child, Stdio};
-
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let t = TempLog::new();
     ok(cmd(&t, &["topic", "create", "t"]).output().unwrap());
     ok(run_with_stdin(cmd(&t, &["produce", "t"]), b"{\"n\":1}\n"));
-    let mut child = Killed(
+    let mut child = Running(
         cmd(&t, &["consume", "t", "--follow"])
-            .stdout(Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
     // The record on its stdout shows the process is well past the start of `main`.
-    let out = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
+    let line = lines_of(child.0.stdout.take().unwrap())
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the record within 30 s");
-    assert_eq!(line, "{\"n\":1}\n");
+    assert_eq!(line, "{\"n\":1}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
     assert!(status.contains("\nTHP_enabled:\t0\n"), "{status}");
 }

@@ -5,14 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use braid::log::TailWatcher;
-use common::{TempLog, ok};
+use common::{Running, TempLog, lines_of, ok};
 use serde_json::Value;
 
 const TOPOLOGY: &str = include_str!("fixtures/replay/customer_journey.toml");
@@ -275,7 +274,7 @@ struct LiveJob {
     t: TempLog,
     /// Records generated into the sources.
     input: f64,
-    child: std::process::Child,
+    child: Running,
     addr: SocketAddr,
     lines: mpsc::Receiver<String>,
     deadline: Instant,
@@ -316,17 +315,11 @@ impl LiveJob {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let lines = lines_of(child.stderr.take().unwrap());
         LiveJob {
             input: generated["records"].as_f64().unwrap(),
             t,
-            child,
+            child: Running(child),
             addr,
             lines,
             deadline: Instant::now() + Duration::from_secs(60),
@@ -352,7 +345,7 @@ impl LiveJob {
 impl LiveJob {
     /// SIGTERM, then the exit status once its stderr has closed (within 30 s).
     fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let pid = self.child.0.id().to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -369,14 +362,7 @@ impl LiveJob {
                 Err(mpsc::RecvTimeoutError::Timeout) => panic!("no exit within 30 s of SIGTERM"),
             }
         }
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for LiveJob {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.wait().unwrap()
     }
 }
 

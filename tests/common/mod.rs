@@ -95,6 +95,32 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A spawned `braid` process, killed and reaped when dropped, so that a failing test
+/// leaves no process behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a child's pipe yields, without their line ends, through a channel fed by a
+/// thread: a test waits for the next with `recv_timeout`, so a silent process cannot hang
+/// it. The channel closes when the pipe does.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end even with no one listening: a full pipe would stall the child.
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// Runs a command to completion, but for at most `limit`: beyond it the process is killed
 /// and the test fails, so a hung `braid` cannot hang the suite.
 pub fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
